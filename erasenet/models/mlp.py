@@ -1,0 +1,48 @@
+"""Multi-layer perceptrons: hidden layers of Linear-BN-ReLU-Dropout."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from .base import Block, init_weights
+from .registry import register_model
+
+
+class DenseBlock(Block):
+    """Linear, batch norm, ReLU, dropout."""
+
+    sites = ("act",)
+
+    def __init__(self, in_features: int, out_features: int, dropout: float = 0.0):
+        super().__init__()
+        self.fc = nn.Linear(in_features, out_features, bias=False)
+        self.bn = nn.BatchNorm1d(out_features)
+        self.act = nn.ReLU(inplace=True)
+        self.drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop(self.act(self.bn(self.fc(x))))
+
+
+class MLP(nn.Module):
+    """``depth`` weighted layers: ``depth - 1`` dense blocks and a linear classifier."""
+
+    def __init__(self, in_features: int, num_classes: int, depth: int, width: int, dropout: float):
+        super().__init__()
+        if depth < 1:
+            raise ValueError(f"an MLP needs depth >= 1, got {depth}")
+        dims = [in_features] + [width] * (depth - 1)
+        self.layers = nn.Sequential(*(DenseBlock(a, b, dropout) for a, b in zip(dims[:-1], dims[1:])))
+        self.head = nn.Linear(dims[-1], num_classes)
+        init_weights(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.layers(torch.flatten(x, 1)))
+
+
+@register_model
+def mlp(num_classes: int = 10, in_chans: int = 1, image_size: int = 28, depth: int = 4,
+        width: int = 256, dropout: float = 0.0) -> MLP:
+    """A plain MLP on flattened images of ``in_chans x image_size x image_size``."""
+    return MLP(in_chans * image_size * image_size, num_classes, depth, width, dropout)

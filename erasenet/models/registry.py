@@ -1,0 +1,43 @@
+"""Model registry: one builder per named zoo entry (registry name = config file name)."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Callable
+
+import torch.nn as nn
+
+_BUILDERS: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+    """Decorator: register ``fn`` under its own name."""
+    name = fn.__name__
+    if name in _BUILDERS:
+        raise ValueError(f"model {name!r} is registered twice")
+    _BUILDERS[name] = fn
+    return fn
+
+
+def list_models() -> list[str]:
+    """Names of every registered model, sorted."""
+    return sorted(_BUILDERS)
+
+
+def model_builder(name: str) -> Callable[..., nn.Module]:
+    """The builder registered under ``name``; a ``KeyError`` that lists the choices otherwise."""
+    try:
+        return _BUILDERS[name]
+    except KeyError:
+        raise KeyError(f"unknown model {name!r}; choose one of: {', '.join(list_models())}") from None
+
+
+def builder_options(name: str) -> dict[str, Any]:
+    """Keyword arguments the builder accepts, with their defaults (``inspect.Parameter.empty`` if none)."""
+    params = inspect.signature(model_builder(name)).parameters
+    return {k: p.default for k, p in params.items() if p.kind is not p.VAR_KEYWORD}
+
+
+def create_model(name: str, num_classes: int = 10, in_chans: int = 3, **kwargs: Any) -> nn.Module:
+    """Build the registered model ``name``; unknown keyword arguments raise ``TypeError``."""
+    return model_builder(name)(num_classes=num_classes, in_chans=in_chans, **kwargs)

@@ -1,0 +1,59 @@
+"""Hydra entry point: ``python -m erasenet.train [overrides]``.
+
+Only Hydra and the config schema are imported up front, so that a bad command
+line is answered in about a second; torch is imported once the config is valid.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from .config import check_config, register_configs
+from .errors import UserError
+
+register_configs()
+log = logging.getLogger("erasenet")
+
+
+def run_group(overrides: list[str], excluded: list[str]) -> str:
+    """The overrides that define this run's configuration: all but the seed and the excluded keys."""
+    skip = set(excluded) | {"seed"}
+    return ",".join(sorted(o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in skip))
+
+
+@hydra.main(version_base=None, config_path="conf", config_name="config")
+def main(cfg: DictConfig) -> float | None:
+    try:
+        check_config(cfg)
+        from .run import train_run  # torch and friends: only once the config is known to be good
+
+        hc = HydraConfig.get()
+        overrides = list(hc.overrides.task)
+        group = run_group(overrides, list(hc.job.config.override_dirname.exclude_keys))
+        result = train_run(cfg, Path(hc.runtime.output_dir), overrides=overrides, group=group)
+        return result.get("best_val_error")
+    except UserError as err:
+        print(f"\nerror: {err}\n", file=sys.stderr)
+        _remove_if_empty(Path(HydraConfig.get().runtime.output_dir))
+        sys.exit(2)
+
+
+def _remove_if_empty(out_dir: Path) -> None:
+    """Remove a run directory that holds nothing but Hydra's own bookkeeping, so a rejected run leaves no trace."""
+    if out_dir.is_dir() and all(p.name in (".hydra", "train.log") for p in out_dir.iterdir()):
+        shutil.rmtree(out_dir, ignore_errors=True)
+        for parent in out_dir.parents:  # and the directories made only for it (runs/<name>/)
+            if parent == Path.cwd() or any(parent.iterdir()):
+                break
+            parent.rmdir()
+
+
+if __name__ == "__main__":
+    main()

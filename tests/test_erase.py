@@ -1,0 +1,71 @@
+"""The erase policy: block selection reproduces the paper, and exactly the chosen sites change."""
+
+import pytest
+import torch.nn as nn
+
+from erasenet.erase import ErasePolicy, apply_erase, select_blocks
+from erasenet.models import block_sites, create_model
+
+
+def test_paper_examples():
+    assert select_blocks(10, 0.5) == [1, 3, 5, 7, 9]
+    assert select_blocks(12, 0.25) == [1, 5, 9]
+    assert select_blocks(7, 1.0) == list(range(1, 8))
+    assert select_blocks(7, 0.0) == []
+
+
+@pytest.mark.parametrize("n", [1, 3, 9, 18, 54, 200])
+@pytest.mark.parametrize("p", [0.05, 0.1, 0.2, 0.25, 1 / 3, 0.5, 0.75, 0.9, 1.0])
+def test_selection_is_evenly_spread(n, p):
+    chosen = select_blocks(n, p)
+    assert abs(len(chosen) - n * p) < 1  # the realised proportion is as close as whole blocks allow
+    assert chosen[0] == 1
+    gaps = {b - a for a, b in zip(chosen, chosen[1:])}
+    assert max(gaps, default=1) - min(gaps, default=1) <= 1  # as even as integers allow
+    assert chosen == select_blocks(n, p)
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.5])
+def test_selection_rejects_out_of_range(bad):
+    with pytest.raises(ValueError):
+        select_blocks(5, bad)
+
+
+def _kinds(model, sites):
+    return {s: type(model.get_submodule(s)).__name__ for s in sites}
+
+
+@pytest.mark.parametrize("depth,blocks", [(20, 9), (56, 27), (110, 54)])
+@pytest.mark.parametrize("location,index", [("last", [-1]), ("first", [0]), ("all", [0, 1]), ("2", [1])])
+@pytest.mark.parametrize("p", [0.25, 0.5, 1.0])
+def test_apply_erase_changes_exactly_the_chosen_sites(depth, blocks, location, index, p):
+    model = create_model(f"resnet{depth}")
+    sites = block_sites(model)
+    assert len(sites) == blocks and all(s[0].endswith("act1") and s[1].endswith("act_out") for s in sites)
+    record = apply_erase(model, ErasePolicy(location=location, proportion=p))
+    expected = [sites[b - 1][i] for b in select_blocks(blocks, p) for i in index]
+    assert record.sites == expected
+    assert record.blocks == select_blocks(blocks, p)
+    every = [s for block in sites for s in block] + ["stem.act"]
+    kinds = _kinds(model, every)
+    assert {s for s, k in kinds.items() if k == "Identity"} == set(expected)
+    assert {s for s, k in kinds.items() if k == "ReLU"} == set(every) - set(expected)
+
+
+def test_paper_example_on_resnet():
+    record = apply_erase(create_model("resnet56"), ErasePolicy("last", 0.5))
+    assert record.blocks == list(range(1, 28, 2))
+    assert record.sites[:3] == ["layer1.0.act_out", "layer1.2.act_out", "layer1.4.act_out"]
+
+
+def test_prelu_replacement():
+    model = create_model("resnet20")
+    record = apply_erase(model, ErasePolicy("last", 1.0, "prelu"))
+    assert len(record.sites) == 9
+    assert all(isinstance(model.get_submodule(s), nn.PReLU) for s in record.sites)
+    assert isinstance(model.layer1[0].act1, nn.ReLU)
+
+
+def test_location_a_block_lacks_is_refused():
+    with pytest.raises(ValueError, match="does not exist"):
+        apply_erase(create_model("resnet20"), ErasePolicy("3", 1.0))

@@ -1,0 +1,91 @@
+"""The model zoo: the ReLU-site contract for every registered model, shapes, exact sizes."""
+
+import pytest
+import torch
+import torch.nn as nn
+
+from erasenet.models import block_sites, create_model, declared_sites, list_models
+
+# Small inputs per registered model, so the contract test stays fast; models not listed use 3x32x32.
+INPUT = {"mlp": dict(shape=(1, 8, 8), kwargs=dict(image_size=8))}
+HUGE = {"resnet1202"}  # checked with meta tensors / parameter counts only
+
+
+def _build(name: str, **extra) -> tuple[nn.Module, torch.Tensor]:
+    spec = INPUT.get(name, dict(shape=(3, 32, 32), kwargs={}))
+    model = create_model(name, num_classes=10, in_chans=spec["shape"][0], **spec["kwargs"], **extra)
+    return model, torch.randn(2, *spec["shape"])
+
+
+def relu_call_order(model: nn.Module, x: torch.Tensor) -> list[str]:
+    """Names of the nn.ReLU modules in the order one forward pass calls them (repeats included)."""
+    calls = []
+    hooks = [m.register_forward_hook(lambda mod, inp, out, name=name: calls.append(name))
+             for name, m in model.named_modules(remove_duplicate=False) if isinstance(m, nn.ReLU)]
+    model.eval()
+    with torch.no_grad():
+        model(x)
+    for h in hooks:
+        h.remove()
+    return calls
+
+
+@pytest.mark.parametrize("name", [m for m in list_models() if m not in HUGE])
+def test_relu_site_contract(name):
+    """Every nn.ReLU the forward pass calls is a declared site, called once, in declared order."""
+    model, x = _build(name)
+    calls = relu_call_order(model, x)
+    assert calls == declared_sites(model)
+    assert len(set(calls)) == len(calls)
+    assert all(len(sites) >= 1 for sites in block_sites(model))
+    assert not any(isinstance(m, nn.ReLU) and m is not model.get_submodule(n)
+                   for n, m in model.named_modules(remove_duplicate=False))
+
+
+def test_contract_catches_a_shared_relu():
+    model, x = _build("resnet20")
+    model.layer1[0].act_out = model.layer1[0].act1  # one module called twice
+    assert relu_call_order(model, x) != declared_sites(model)
+
+
+def cifar_resnet_params(n: int, in_chans: int = 3, classes: int = 10) -> int:
+    """Parameters of a 6n+2 CIFAR ResNet with option-A shortcuts, counted by hand from the architecture."""
+    conv = lambda cin, cout: cin * cout * 9  # noqa: E731  3x3, no bias
+    bn = lambda c: 2 * c  # noqa: E731
+    total = conv(in_chans, 16) + bn(16)
+    for cin, c in ((16, 16), (16, 32), (32, 64)):
+        total += conv(cin, c) + (2 * n - 1) * conv(c, c) + 2 * n * bn(c)
+    return total + 64 * classes + classes
+
+
+@pytest.mark.parametrize("depth,published", [(20, 0.27), (32, 0.46), (44, 0.66), (56, 0.85), (110, 1.7),
+                                             (1202, 19.4)])
+def test_cifar_resnet_parameter_counts(depth, published):
+    expected = cifar_resnet_params((depth - 2) // 6)
+    with torch.device("meta"):
+        model = create_model(f"resnet{depth}")
+    assert sum(p.numel() for p in model.parameters()) == expected
+    digits = len(str(published).split(".")[1])
+    assert round(expected / 1e6, digits) == published
+
+
+def test_exact_resnet20_count():
+    assert sum(p.numel() for p in create_model("resnet20").parameters()) == 269_722
+
+
+def test_option_b_projection_adds_parameters():
+    a = sum(p.numel() for p in create_model("resnet20", shortcut="A").parameters())
+    b = sum(p.numel() for p in create_model("resnet20", shortcut="B").parameters())
+    assert b - a == (16 * 32 + 2 * 32) + (32 * 64 + 2 * 64)
+
+
+@pytest.mark.parametrize("name,shape,classes", [("resnet20", (3, 32, 32), 100), ("resnet20", (1, 8, 8), 10),
+                                                ("resnet32", (3, 32, 32), 10)])
+def test_forward_shapes(name, shape, classes):
+    model = create_model(name, num_classes=classes, in_chans=shape[0])
+    assert model(torch.randn(4, *shape)).shape == (4, classes)
+
+
+def test_unknown_model_lists_choices():
+    with pytest.raises(KeyError, match="resnet20"):
+        create_model("resnet21")
