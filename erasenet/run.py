@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from . import __version__
 from .checkpoint import save_checkpoint, save_json
 from .config import MODEL_META_KEYS
-from .data import TensorLoader, load_splits
+from .data import build_loaders
 from .engine import NonFiniteLoss, build_optimizer, build_scheduler, evaluate, resolve_device, train_one_epoch
 from .erase import EraseRecord, ErasePolicy, apply_erase
 from .errors import UserError
@@ -78,21 +78,16 @@ def train_run(cfg: DictConfig, out_dir: Path, overrides: list[str] = (), group: 
     torch.backends.cudnn.benchmark = not cfg.trainer.deterministic
     device = resolve_device(cfg.trainer.device)
 
-    splits = load_splits(cfg.dataset)
+    d, s = cfg.dataset, cfg.schedule
+    train_loader, eval_loaders, sizes = build_loaders(d, s, device=device, seed=cfg.seed)
     seed_everything(cfg.seed)
     model, record = build_model(cfg)
     model.to(device)
     params = sum(p.numel() for p in model.parameters())
     log.info("%s: %s parameters on %s; train/val/test = %d/%d/%d images", cfg.model.name, f"{params:,}", device,
-             len(splits.train), len(splits.val) if splits.val else 0, len(splits.test))
+             sizes["train"], sizes["val"], sizes["test"])
     log.info(record.summary())
 
-    d, s = cfg.dataset, cfg.schedule
-    common = dict(device=device, mean=d.mean, std=d.std)
-    train_loader = TensorLoader(splits.train, s.batch_size, train=True, crop_padding=d.crop_padding, flip=d.flip,
-                                seed=cfg.seed, **common)
-    eval_loaders = {"val": TensorLoader(splits.val, s.eval_batch_size, **common) if splits.val else None,
-                    "test": TensorLoader(splits.test, s.eval_batch_size, **common)}
     optimizer = build_optimizer(model, s)
     scheduler = build_scheduler(optimizer, s, len(train_loader))
 
@@ -149,8 +144,8 @@ def train_run(cfg: DictConfig, out_dir: Path, overrides: list[str] = (), group: 
         "val_error": last.get("val_error"), "train_error": last.get("train_error"),
         "best_val_error": best["val_error"], "best_epoch": best["epoch"],
         "test_error_at_best_val": best["test_error"],
-        "selection": "val" if splits.val else "none (dataset.val_size=0)",
-        "splits": {"train": len(splits.train), "val": len(splits.val) if splits.val else 0, "test": len(splits.test)},
+        "selection": "best epoch on val, test reported" if sizes["val"] else "none (dataset.val_size=0)",
+        "splits": sizes,
         "params": params, "erased": record.sites, "erase": record.as_dict(), "device": str(device),
         "seconds": time.perf_counter() - start, "versions": library_versions(),
     }
