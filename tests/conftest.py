@@ -56,7 +56,7 @@ def write_cifar(root: Path, name: str = "cifar10", n_train: int = 100, n_test: i
     return root
 
 
-def run_cli(*args: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+def run_cli(*args: str, cwd: Path, timeout: int = 900) -> subprocess.CompletedProcess:
     """Run ``python -m erasenet.train ARGS`` as a user would, in ``cwd``."""
     env = {**os.environ, "CI": "1", "PYTHONPATH": str(REPO)}
     return subprocess.run([sys.executable, "-m", "erasenet.train", *args], cwd=cwd, env=env, capture_output=True,
