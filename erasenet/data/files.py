@@ -23,12 +23,18 @@ def require_files(name: str, folder: Path, files: Sequence[str], *, download: Op
     """
     found = [locate(folder, f) for f in files]
     if None in found and download is not None:
+        created = [p for p in (folder, *folder.parents) if not p.exists()]  # deepest first
         try:
             download()
         except Exception as err:  # network errors come in many types (URLError, socket, SSL, HTTP, checksum)
-            raise UserError(f"{name} is not in {folder} and could not be downloaded ({type(err).__name__}: "
-                            f"{err}). {how_to_get} Or point dataset.root (or $ERASENET_DATA) at a directory that "
-                            "holds it.") from None
+            for path in created:  # a failed download leaves no empty folders behind
+                try:
+                    path.rmdir()
+                except OSError:
+                    break
+            reason = " ".join(f"{type(err).__name__}: {err}".split())
+            raise UserError(f"{name} is not in {folder} and could not be downloaded ({reason}). {how_to_get} Or "
+                            "point dataset.root (or $ERASENET_DATA) at a directory that holds it.") from None
         found = [locate(folder, f) for f in files]
     missing = [f for f, path in zip(files, found) if path is None]
     if missing:
