@@ -77,7 +77,7 @@ def build_loaders(dataset: DictConfig, schedule: DictConfig, *, device, seed: in
 def _build_folder_loaders(dataset: DictConfig, schedule: DictConfig, *, device, seed: int, rank: int,
                           world_size: int, out_dir: Optional[Path], progress: bool):
     from .folder_loader import FolderDataset, FolderLoader, folder_transform
-    from .imagefolder import build_folder_splits, how_to_get, read_index, write_index
+    from .imagefolder import build_folder_splits, read_index, write_index
 
     path = Path(dataset.path).expanduser()
     if dataset.index:
@@ -92,7 +92,7 @@ def _build_folder_loaders(dataset: DictConfig, schedule: DictConfig, *, device, 
     size, resize = dataset.image_size, dataset.resize_size or dataset.image_size
 
     def files(split, train: bool) -> FolderDataset:
-        return FolderDataset(split, folder_transform(train, size, resize, dataset.flip), how_to_get(path))
+        return FolderDataset(split, folder_transform(train, size, resize, dataset.flip))
 
     train = FolderLoader(files(splits.train, True), schedule.batch_size, train=True, seed=seed, **common)
     evals = {name: FolderLoader(files(split, False), schedule.eval_batch_size, **common) if split else None

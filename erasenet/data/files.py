@@ -44,8 +44,15 @@ def require_files(name: str, folder: Path, files: Sequence[str], *, download: Op
     return found  # type: ignore[return-value]
 
 
-def unreadable(name: str, path: Path, err: BaseException, how_to_get: str) -> UserError:
-    """The error for a file that exists but cannot be read as part of ``name`` (nothing is deleted)."""
-    return UserError(f"{path} is unreadable or not a {name} file ({type(err).__name__}: {err}). Remove it (or its "
-                     f"folder {path.parent}) yourself and let erasenet download it again (dataset.download=true), or "
+def unreadable(name: str, path: Path, err: BaseException, how_to_get: str = "") -> UserError:
+    """The error for a file that exists but cannot be read as part of ``name`` (nothing is deleted).
+
+    Without ``how_to_get`` the dataset is not downloadable and the file can only be replaced by hand.
+    """
+    reason = " ".join(f"{type(err).__name__}: {err}".split())
+    if not how_to_get:
+        return UserError(f"{path} is unreadable or not a {name} file ({reason}). Replace it with an intact copy, "
+                         "or remove it from the tree.")
+    return UserError(f"{path} is unreadable or not a {name} file ({reason}). Remove it (or its folder "
+                     f"{path.parent}) yourself and let erasenet download it again (dataset.download=true), or "
                      f"replace it with an intact copy. {how_to_get}")

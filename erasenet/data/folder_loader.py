@@ -32,7 +32,7 @@ def folder_transform(train: bool, image_size: int, resize_size: int, flip: bool)
     return v2.Compose(steps)
 
 
-def read_rgb(path: Path, how_to_get: str = "") -> torch.Tensor:
+def read_rgb(path: Path) -> torch.Tensor:
     """A JPEG or PNG file as a uint8 3 x H x W tensor (grayscale and CMYK converted to RGB)."""
     from PIL import Image
 
@@ -40,15 +40,15 @@ def read_rgb(path: Path, how_to_get: str = "") -> torch.Tensor:
         with Image.open(path) as image:
             pixels = np.array(image.convert("RGB"))
     except (OSError, ValueError, SyntaxError) as err:  # PIL's UnidentifiedImageError is an OSError
-        raise unreadable("JPEG or PNG image", path, err, how_to_get) from None
+        raise unreadable("JPEG or PNG image", path, err) from None
     return torch.from_numpy(pixels).permute(2, 0, 1)
 
 
 class FolderDataset(Dataset):
     """Items are ``(index, augmentation seed)`` pairs; each gives a uint8 3 x S x S image and its label."""
 
-    def __init__(self, files: FileList, transform, how_to_get: str = ""):
-        self.files, self.transform, self.how_to_get = files, transform, how_to_get
+    def __init__(self, files: FileList, transform):
+        self.files, self.transform = files, transform
 
     def __len__(self) -> int:
         return len(self.files)
@@ -56,7 +56,7 @@ class FolderDataset(Dataset):
     def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, int]:
         index, seed = item
         path = self.files.root / self.files.paths[index].decode()
-        image = read_rgb(path, self.how_to_get)
+        image = read_rgb(path)
         with torch.random.fork_rng(devices=[]):  # the transforms draw from torch's global generator
             torch.manual_seed(seed)
             return self.transform(image), int(self.files.labels[index])

@@ -58,7 +58,8 @@ def how_to_get(path: Path) -> str:
             "$ERASENET_DATA, else ~/.cache/erasenet).")
 
 
-def scan(root: Path, part: str, classes: Optional[list[str]] = None, progress: bool = False) -> tuple[list[str], FileList]:
+def scan(root: Path, part: str, classes: Optional[list[str]] = None,
+         progress: bool = False) -> tuple[list[str], FileList]:
     """Index ``root/part/<class>/<image>``; with ``classes`` given, the labels follow that list."""
     folder = root / part
     if not folder.is_dir():
