@@ -242,6 +242,7 @@ def test_image_folder_training_saves_a_reusable_index(tmp_path, make_cfg):
     reused = train_run(_folder_cfg(make_cfg, path, *tiny, f"dataset.index={index}", dataset="imagenet_subset"),
                        tmp_path / "again")
     assert reused["splits"] == result["splits"]
+    assert reused["split_sources"]["val"].endswith(f"as listed in {index}/val.txt")
     assert json.loads((tmp_path / "again" / "result.json").read_text())["test_error"] == result["test_error"]
 
 

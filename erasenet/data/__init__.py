@@ -48,10 +48,12 @@ def describe_splits(dataset: DictConfig) -> dict[str, str]:
             if dataset.val_size else "none")
     if dataset.name in IMAGE_FOLDER_DATASETS:
         kept = f"{dataset.subset:.0%} of each class's remaining images (nested, split_seed={dataset.split_seed})"
-        return {"train": f"train/ less val, {kept}" if dataset.subset < 1 else "train/ less val",
-                "val": held.replace("the training set", "train/"), "test": "val/ (the official validation set)"}
-    test = "360 images held out of all 1,797 (stratified, split_seed)" if dataset.name == "digits" else \
-        "the official test set"
+        sources = {"train": f"train/ less val, {kept}" if dataset.subset < 1 else "train/ less val",
+                   "val": held.replace("the training set", "train/"), "test": "val/ (the official validation set)"}
+        return {k: f"{v}, as listed in {dataset.index}/{k}.txt" for k, v in sources.items()} if dataset.index \
+            else sources
+    test = (f"360 images held out of all 1,797 (stratified, split_seed={dataset.split_seed})"
+            if dataset.name == "digits" else "the official test set")
     return {"train": "the training set less val", "val": held, "test": test}
 
 
