@@ -52,10 +52,10 @@ def how_to_get(path: Path) -> str:
     return (f"erasenet never downloads ImageNet. Expected an ImageFolder tree at {path}: {path}/train/<class>/*.JPEG "
             f"(one folder per class, e.g. n01440764) and {path}/val/<class>/*.JPEG (the official validation images "
             "sorted into the same class folders). Get ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar from "
-            "https://image-net.org/download-images (registration needed), extract the per-class archives of the "
-            "training set into train/, sort the validation images into class folders using the devkit's ground "
-            "truth, then set dataset.path to the tree (by default <dataset.root>/imagenet; dataset.root defaults to "
-            "$ERASENET_DATA, else ~/.cache/erasenet).")
+            "https://image-net.org/challenges/LSVRC/2012/2012-downloads.php (registration needed), extract the "
+            "per-class archives of the training set into train/, sort the validation images into class folders using "
+            "the devkit's ground truth, then set dataset.path to the tree (by default <dataset.root>/imagenet; "
+            "dataset.root defaults to $ERASENET_DATA, else ~/.cache/erasenet).")
 
 
 def scan(root: Path, part: str, classes: Optional[list[str]] = None,
