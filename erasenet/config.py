@@ -18,6 +18,7 @@ LOCATIONS = ("last", "first", "all")
 REPLACEMENTS = ("identity", "prelu")
 DEVICES = ("auto", "cpu", "cuda")
 PROGRESS = ("auto", "on", "off")
+IMAGE_FOLDER_DATASETS = ("imagenet", "imagenet_subset")  # read from an ImageFolder tree through a DataLoader
 # Keys of a model config that describe the model's recipe rather than its builder's arguments.
 MODEL_META_KEYS = ("name", "warmup_iters")
 
@@ -43,6 +44,12 @@ class DatasetConfig:
     flip: bool = False  # random horizontal flip
     mean: list[float] = field(default_factory=list)  # per-channel, on the [0, 1] scale; empty: no normalisation
     std: list[float] = field(default_factory=list)
+    # ImageFolder datasets (imagenet, imagenet_subset) only:
+    path: str = ""  # the tree holding train/<class>/ and val/<class>/
+    subset: float = 1.0  # fraction of each class's training images, nested across fractions (drawn with split_seed)
+    resize_size: int = 0  # evaluation: resize the short side to this, then centre-crop image_size (0: image_size)
+    workers: int = 8  # DataLoader worker processes
+    index: str = ""  # a data_index/ folder an earlier run wrote: reuse its exact splits instead of drawing them
 
 
 @dataclass
@@ -128,3 +135,16 @@ def check_config(cfg: DictConfig) -> None:
               "Give one positive std and one mean per channel, or leave both empty.")
     if d.crop_padding < 0:
         _fail(f"dataset.crop_padding={d.crop_padding} is negative.", "Use 0 (no crop) or a pixel count.")
+    if not 0.0 < d.subset <= 1.0:
+        _fail(f"dataset.subset={d.subset} is outside (0, 1].", "It is the fraction of training images kept per "
+              "class: use e.g. dataset.subset=0.1 for ImageNet-10%, or 1.0 for all.")
+    folder = d.name in IMAGE_FOLDER_DATASETS
+    if (d.subset < 1.0 or d.index) and not folder:
+        _fail(f"dataset.subset and dataset.index apply to ImageFolder datasets, not dataset={d.name}.",
+              f"Use them with one of {', '.join(IMAGE_FOLDER_DATASETS)}, or leave them at 1.0 and empty.")
+    if folder and not d.path:
+        _fail("dataset.path is empty.", "Point it at the ImageFolder tree (train/ and val/), e.g. dataset.path="
+              "/data/imagenet.")
+    if d.workers < 0 or d.resize_size < 0 or (d.resize_size and d.resize_size < d.image_size):
+        _fail(f"dataset.workers={d.workers}, dataset.resize_size={d.resize_size} (image_size={d.image_size}).",
+              "workers must be >= 0 and resize_size 0 or at least image_size (e.g. 256 for 224 crops).")

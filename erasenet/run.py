@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from . import __version__
 from .checkpoint import save_checkpoint, save_json
 from .config import MODEL_META_KEYS
-from .data import build_loaders
+from .data import build_loaders, describe_splits
 from .engine import NonFiniteLoss, build_optimizer, build_scheduler, evaluate, resolve_device, train_one_epoch
 from .erase import EraseRecord, ErasePolicy, apply_erase
 from .errors import UserError
@@ -79,7 +79,8 @@ def train_run(cfg: DictConfig, out_dir: Path, overrides: list[str] = (), group: 
     device = resolve_device(cfg.trainer.device)
 
     d, s = cfg.dataset, cfg.schedule
-    train_loader, eval_loaders, sizes = build_loaders(d, s, device=device, seed=cfg.seed)
+    train_loader, eval_loaders, sizes = build_loaders(d, s, device=device, seed=cfg.seed, out_dir=out_dir,
+                                                      progress=progress_enabled(cfg.trainer.progress))
     seed_everything(cfg.seed)
     model, record = build_model(cfg)
     model.to(device)
@@ -145,7 +146,7 @@ def train_run(cfg: DictConfig, out_dir: Path, overrides: list[str] = (), group: 
         "best_val_error": best["val_error"], "best_epoch": best["epoch"],
         "test_error_at_best_val": best["test_error"],
         "selection": "best epoch on val, test reported" if sizes["val"] else "none (dataset.val_size=0)",
-        "splits": sizes,
+        "splits": sizes, "split_sources": describe_splits(d),
         "params": params, "erased": record.sites, "erase": record.as_dict(), "device": str(device),
         "seconds": time.perf_counter() - start, "versions": library_versions(),
     }

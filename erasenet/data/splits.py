@@ -8,6 +8,8 @@ from typing import Optional
 import numpy as np
 import torch
 
+from ..errors import UserError
+
 
 @dataclass
 class Split:
@@ -57,5 +59,10 @@ def hold_out_validation(train: Split, val_size: int, seed: int) -> tuple[Split, 
     """Split ``val_size`` stratified images off ``train``; ``(train, None)`` when ``val_size`` is 0."""
     if val_size == 0:
         return train, None
-    kept, held = stratified_holdout(train.labels.numpy(), val_size, seed)
+    try:
+        kept, held = stratified_holdout(train.labels.numpy(), val_size, seed)
+    except ValueError as err:  # too large, or too small to hold out every class
+        raise UserError(f"cannot hold out dataset.val_size={val_size} of {len(train)} training images ({err}). "
+                        "Choose a val_size between the number of classes and the training set's size, or 0 for no "
+                        "validation split.") from None
     return train.subset(kept), train.subset(held)
