@@ -6,11 +6,12 @@ well under a second.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig
+from omegaconf import MISSING, DictConfig, OmegaConf
 
 from .errors import UserError
 
@@ -90,9 +91,22 @@ class Config:
     paper: Optional[Any] = None  # published numbers a preset should land near
 
 
+def run_dirname(overrides: str, limit: int = 120) -> str:
+    """A run directory's name from its overrides: as written when short, else a prefix and a hash of the whole.
+
+    File systems cap a name at 255 bytes, and a dozen overrides pass that.
+    """
+    name = overrides.replace("/", "%") or "defaults"
+    if len(name) <= limit:
+        return name
+    return f"{name[:limit - 12]}..{hashlib.sha1(name.encode()).hexdigest()[:10]}"
+
+
 def register_configs() -> None:
-    """Put the schema into Hydra's ConfigStore (``base_config`` in the defaults list)."""
+    """Put the schema into Hydra's ConfigStore (``base_config`` in the defaults list) and the dirname resolver."""
     ConfigStore.instance().store(name="base_config", node=Config)
+    if not OmegaConf.has_resolver("erasenet.dirname"):
+        OmegaConf.register_new_resolver("erasenet.dirname", run_dirname)
 
 
 def _fail(problem: str, fix: str) -> None:

@@ -69,3 +69,14 @@ def test_prelu_replacement():
 def test_location_a_block_lacks_is_refused():
     with pytest.raises(ValueError, match="does not exist"):
         apply_erase(create_model("resnet20"), ErasePolicy("3", 1.0))
+
+
+def test_run_directory_names_stay_short_and_distinct():
+    from erasenet.config import run_dirname
+
+    assert run_dirname("erase.proportion=0.5,seed=1") == "erase.proportion=0.5,seed=1"
+    assert run_dirname("") == "defaults"
+    assert "/" not in run_dirname("dataset.root=/data/x")
+    long_a = ",".join(f"schedule.k{i}={i}" for i in range(30))
+    long_b = long_a + ",seed=2"
+    assert len(run_dirname(long_a)) <= 120 and run_dirname(long_a) != run_dirname(long_b)
