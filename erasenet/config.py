@@ -18,6 +18,8 @@ LOCATIONS = ("last", "first", "all")
 REPLACEMENTS = ("identity", "prelu")
 DEVICES = ("auto", "cpu", "cuda")
 PROGRESS = ("auto", "on", "off")
+# The run metrics a published number can be compared with (result.json keys).
+PAPER_METRICS = ("test_error", "test_error_at_best_val")
 # Keys of a model config that describe the model's recipe rather than its builder's arguments.
 MODEL_META_KEYS = ("name", "warmup_iters")
 
@@ -72,6 +74,17 @@ class TrainerConfig:
 
 
 @dataclass
+class PaperConfig:
+    """A published result a preset should land near; summaries print it and the difference."""
+
+    source: str = ""  # where it is published, e.g. "EraseReLU Table 2, ResNet-110 + ER, CIFAR-10"
+    test_error: Optional[float] = None  # published test error (%), mean over the paper's runs
+    test_error_std: Optional[float] = None  # published std, where the paper gives one
+    metric: str = "test_error"  # the run's metric it is compared with (one of PAPER_METRICS)
+    proportion: Optional[float] = None  # the erase.proportion it was measured at; None: every proportion
+
+
+@dataclass
 class Config:
     model: Any = MISSING  # {name: <registry name>, warmup_iters: int, **builder arguments}
     erase: EraseConfig = field(default_factory=EraseConfig)
@@ -80,7 +93,7 @@ class Config:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     seed: int = 0
     name: str = "default"  # groups output directories: runs/<name>/..., multirun/<name>/...
-    paper: Optional[Any] = None  # published numbers a preset should land near
+    paper: PaperConfig = field(default_factory=PaperConfig)  # the published number a preset should land near
 
 
 def register_configs() -> None:
@@ -128,3 +141,21 @@ def check_config(cfg: DictConfig) -> None:
               "Give one positive std and one mean per channel, or leave both empty.")
     if d.crop_padding < 0:
         _fail(f"dataset.crop_padding={d.crop_padding} is negative.", "Use 0 (no crop) or a pixel count.")
+    check_paper(cfg.paper)
+
+
+def check_paper(paper: DictConfig) -> None:
+    """The published-result record (empty, or a source with an error in [0, 100], a metric, a proportion)."""
+    if paper.test_error is None and not paper.source:
+        return
+    if not paper.source or paper.test_error is None:
+        _fail(f"paper.source={paper.source!r} and paper.test_error={paper.test_error} must be given together.",
+              'Give both, e.g. paper.source="EraseReLU Table 2, ResNet-110 + ER, CIFAR-10" paper.test_error=5.78.')
+    if not 0.0 <= paper.test_error <= 100.0 or (paper.test_error_std is not None and paper.test_error_std < 0):
+        _fail(f"paper.test_error={paper.test_error} (std {paper.test_error_std}) is not an error in percent.",
+              "Give the published test error in % (0-100; accuracy a -> error 100 - a) and a non-negative std.")
+    if paper.metric not in PAPER_METRICS:
+        _fail(f"paper.metric={paper.metric!r} is not a metric of a run.", f"Use one of {', '.join(PAPER_METRICS)}.")
+    if paper.proportion is not None and not 0.0 <= paper.proportion <= 1.0:
+        _fail(f"paper.proportion={paper.proportion} is outside [0, 1].",
+              "It is the erase.proportion the published number was measured at, e.g. paper.proportion=1.0.")
