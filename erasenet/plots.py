@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import statistics
+import textwrap
 from pathlib import Path
 
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from .results import family_of, mean_std, proportion_of
 
@@ -33,6 +36,19 @@ def read_metrics(run_dir: Path) -> list[dict]:
     return [by_epoch[e] for e in sorted(by_epoch)]
 
 
+def short_labels(configs: list[str]) -> tuple[list[str], str]:
+    """Each config's overrides that not every config shares, and the shared ones (for the title)."""
+    split = [re.split(r",(?=[\w.+~-]+=)", c) for c in configs]
+    common = [item for item in split[0] if all(item in items for items in split)] if split else []
+    labels = [",".join(i for i in items if i not in common) or "(all runs)" for items in split]
+    return labels, ",".join(common)
+
+
+def _caption(fig: Figure, text: str, common: str) -> None:
+    width = int(fig.get_figwidth() * 12)  # characters of a 9-point title per inch
+    fig.suptitle("\n".join(textwrap.wrap(text + (f"; all runs: {common}" if common else ""), width)), fontsize=9)
+
+
 def epoch_band(runs: list[list[dict]], key: str) -> tuple[list[int], list[float], list[float]]:
     """Epochs where any run has ``key``, with the mean and sample std (0 for one run) over those runs."""
     values: dict[int, list[float]] = {}
@@ -48,24 +64,27 @@ def epoch_band(runs: list[list[dict]], key: str) -> tuple[list[int], list[float]
 
 def plot_curves(groups: dict[str, list[list[dict]]], path: Path) -> None:
     """Error and loss against epoch for every configuration (label -> the metrics of each of its seeds)."""
-    fig = Figure(figsize=(13, 5), layout="constrained")
+    fig = Figure(figsize=(13, 5.5), layout="constrained")
     axes = fig.subplots(1, 2)
-    colours = [f"C{i % 10}" for i in range(len(groups))]
-    for (label, runs), colour in zip(groups.items(), colours):
+    labels, common = short_labels(list(groups))
+    for i, (label, runs) in enumerate(zip(labels, groups.values())):
+        colour = f"C{i % 10}"
         for split, style in STYLES:
             for ax, metric in zip(axes, ("error", "loss")):
                 epochs, means, stds = epoch_band(runs, f"{split}_{metric}")
                 if not epochs:
                     continue
-                ax.plot(epochs, means, style, color=colour, label=f"{label} ({split}, n={len(runs)})")
+                first = ax is axes[0] and split == "train"
+                ax.plot(epochs, means, style, color=colour, label=f"{label} (n={len(runs)})" if first else None)
                 ax.fill_between(epochs, [m - s for m, s in zip(means, stds)], [m + s for m, s in zip(means, stds)],
                                 color=colour, alpha=0.2, linewidth=0)
     for ax, metric in zip(axes, ("error (%)", "loss")):
         ax.set_xlabel("epoch")
         ax.set_ylabel(metric)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
-    axes[0].set_title("mean ± std over seeds; train solid, val dotted, test dashed")
-    axes[1].legend(fontsize="x-small", loc="upper right")
+    _caption(fig, "mean ± std over seeds; train solid, val dotted, test dashed", common)
+    fig.legend(loc="outside lower center", ncols=min(3, len(labels)), fontsize="small")
     fig.savefig(path, dpi=100)
 
 
@@ -75,18 +94,19 @@ def plot_proportions(results: list[dict], path: Path) -> None:
     for r in results:
         if r.get("test_error") is not None:
             families.setdefault(family_of(r), {}).setdefault(proportion_of(r), []).append(100.0 - r["test_error"])
-    fig = Figure(figsize=(7, 4.5), layout="constrained")
+    fig = Figure(figsize=(8, 5), layout="constrained")
     ax = fig.subplots()
-    for label, by_p in sorted(families.items()):
+    labels, common = short_labels(sorted(families))
+    for label, (_, by_p) in zip(labels, sorted(families.items())):
         ps = sorted(by_p)
         stats = [mean_std(by_p[p]) for p in ps]
         ax.errorbar(ps, [m for m, _ in stats], yerr=[0.0 if math.isnan(s) else s for _, s in stats], marker="o",
                     capsize=3, label=f"{label} (n={max(len(v) for v in by_p.values())})")
     ax.set_xlabel("erase.proportion (fraction of blocks with the ReLU erased)")
     ax.set_ylabel("test accuracy (%)")
-    ax.set_title("accuracy against proportion, mean ± std over seeds")
+    _caption(fig, "test accuracy against proportion, mean ± std over seeds", common)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize="x-small")
+    fig.legend(loc="outside lower center", ncols=min(3, len(labels)), fontsize="small")
     fig.savefig(path, dpi=100)
 
 

@@ -184,3 +184,12 @@ def test_selection_errors(tmp_path, capsys):
     assert select_main([str(tmp_path / "nope")]) == 2
     assert select_main([str(tmp_path / "other"), "--among", "half"]) == 2
     assert "Traceback" not in capsys.readouterr().err
+
+
+def test_plot_labels_keep_only_what_differs():
+    from erasenet.plots import short_labels
+
+    labels, common = short_labels(["erase.proportion=0,schedule.milestones=[2,3]", "erase.proportion=1,"
+                                   "schedule.milestones=[2,3]"])
+    assert labels == ["erase.proportion=0", "erase.proportion=1"] and common == "schedule.milestones=[2,3]"
+    assert short_labels(["model=mlp"]) == (["(all runs)"], "model=mlp")
