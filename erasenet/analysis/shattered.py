@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import platform
 import sys
 import time
@@ -159,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         data = run(depths, seeds=args.seeds, points=args.points, width=args.width, proportion=args.proportion)
     finally:
         torch.set_num_threads(threads)
-    machine = f"{platform.machine()} CPU, 1 thread, torch {torch.__version__}"
+    machine = f"{os.cpu_count()}-core {platform.machine()} CPU, 1 thread used, torch {torch.__version__}"
     data["machine"], data["seconds"] = machine, round(time.perf_counter() - start, 2)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     plot(data, args.out_dir / "shattered.png", machine)
