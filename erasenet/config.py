@@ -20,6 +20,8 @@ REPLACEMENTS = ("identity", "prelu")
 DEVICES = ("auto", "cpu", "cuda")
 PROGRESS = ("auto", "on", "off")
 IMAGE_FOLDER_DATASETS = ("imagenet", "imagenet_subset")  # read from an ImageFolder tree through a DataLoader
+# The run metrics a published number can be compared with (result.json keys).
+PAPER_METRICS = ("test_error", "test_error_at_best_val")
 # Keys of a model config that describe the model's recipe rather than its builder's arguments.
 MODEL_META_KEYS = ("name", "warmup_iters")
 
@@ -80,6 +82,17 @@ class TrainerConfig:
 
 
 @dataclass
+class PaperConfig:
+    """A published result a preset should land near; summaries print it and the difference."""
+
+    source: str = ""  # where it is published, e.g. "EraseReLU Table 2, ResNet-110 + ER, CIFAR-10"
+    test_error: Optional[float] = None  # published test error (%), mean over the paper's runs
+    test_error_std: Optional[float] = None  # published std, where the paper gives one
+    metric: str = "test_error"  # the run's metric it is compared with (one of PAPER_METRICS)
+    proportion: Optional[float] = None  # the erase.proportion it was measured at; None: every proportion
+
+
+@dataclass
 class Config:
     model: Any = MISSING  # {name: <registry name>, warmup_iters: int, **builder arguments}
     erase: EraseConfig = field(default_factory=EraseConfig)
@@ -88,7 +101,7 @@ class Config:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     seed: int = 0
     name: str = "default"  # groups output directories: runs/<name>/..., multirun/<name>/...
-    paper: Optional[Any] = None  # published numbers a preset should land near
+    paper: PaperConfig = field(default_factory=PaperConfig)  # the published number a preset should land near
 
 
 def run_dirname(overrides: str, limit: int = 120) -> str:
@@ -162,3 +175,21 @@ def check_config(cfg: DictConfig) -> None:
     if d.workers < 0 or d.resize_size < 0 or (d.resize_size and d.resize_size < d.image_size):
         _fail(f"dataset.workers={d.workers}, dataset.resize_size={d.resize_size} (image_size={d.image_size}).",
               "workers must be >= 0 and resize_size 0 or at least image_size (e.g. 256 for 224 crops).")
+    check_paper(cfg.paper)
+
+
+def check_paper(paper: DictConfig) -> None:
+    """The published-result record (empty, or a source with an error in [0, 100], a metric, a proportion)."""
+    if paper.test_error is None and not paper.source:
+        return
+    if not paper.source or paper.test_error is None:
+        _fail(f"paper.source={paper.source!r} and paper.test_error={paper.test_error} must be given together.",
+              'Give both, e.g. paper.source="EraseReLU Table 2, ResNet-110 + ER, CIFAR-10" paper.test_error=5.78.')
+    if not 0.0 <= paper.test_error <= 100.0 or (paper.test_error_std is not None and paper.test_error_std < 0):
+        _fail(f"paper.test_error={paper.test_error} (std {paper.test_error_std}) is not an error in percent.",
+              "Give the published test error in % (0-100; accuracy a -> error 100 - a) and a non-negative std.")
+    if paper.metric not in PAPER_METRICS:
+        _fail(f"paper.metric={paper.metric!r} is not a metric of a run.", f"Use one of {', '.join(PAPER_METRICS)}.")
+    if paper.proportion is not None and not 0.0 <= paper.proportion <= 1.0:
+        _fail(f"paper.proportion={paper.proportion} is outside [0, 1].",
+              "It is the erase.proportion the published number was measured at, e.g. paper.proportion=1.0.")

@@ -24,6 +24,7 @@ from .engine import NonFiniteLoss, build_optimizer, build_scheduler, evaluate, r
 from .erase import EraseRecord, ErasePolicy, apply_erase
 from .errors import UserError
 from .models import builder_options, create_model, list_models
+from .tblog import scalar_tag, write_hparams
 
 log = logging.getLogger("erasenet")
 
@@ -52,6 +53,24 @@ def build_model(cfg: DictConfig) -> tuple[nn.Module, EraseRecord]:
     except ValueError as err:
         raise UserError(f"cannot build model {name}: {err}.") from None
     return model, record
+
+
+def count_macs(cfg: DictConfig) -> int | None:
+    """Multiply-accumulates of one forward pass on one image, counted on a meta-device build (no memory, no math)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    d = cfg.dataset
+    try:
+        with torch.device("meta"):
+            model, _ = build_model(cfg)
+            image = torch.zeros(1, d.in_chans, d.image_size, d.image_size)
+        counter = FlopCounterMode(display=False)
+        with counter, torch.no_grad():
+            model.eval()(image)
+    except (RuntimeError, NotImplementedError) as err:  # an op without a meta kernel must not cost the run
+        log.warning("could not count MACs on the meta device: %s", err)
+        return None
+    return counter.get_total_flops() // 2  # the counter reports 2 FLOPs per multiply-add
 
 
 def progress_enabled(setting: str) -> bool:
@@ -85,6 +104,7 @@ def train_run(cfg: DictConfig, out_dir: Path, overrides: list[str] = (), group: 
     model, record = build_model(cfg)
     model.to(device)
     params = sum(p.numel() for p in model.parameters())
+    macs = count_macs(cfg)
     log.info("%s: %s parameters on %s; train/val/test = %d/%d/%d images", cfg.model.name, f"{params:,}", device,
              sizes["train"], sizes["val"], sizes["test"])
     log.info(record.summary())
@@ -126,14 +146,11 @@ def train_run(cfg: DictConfig, out_dir: Path, overrides: list[str] = (), group: 
             if writer:
                 for key, value in last.items():
                     if key != "epoch":
-                        writer.add_scalar(key.replace("_", "/", 1) if "_" in key else key, value, epoch + 1)
+                        writer.add_scalar(scalar_tag(key), value, epoch + 1)
             log.info("epoch %d/%d  lr %.4g  train loss %.3f err %.2f%%  %s  %.1fs (%.0f img/s)", epoch + 1, s.epochs,
                      lr, train["loss"], train["error"],
                      "  ".join(f"{k} err {m['error']:.2f}%" for k, m in evals.items()), train["seconds"],
                      train["images_per_s"])
-    if writer:
-        writer.close()
-
     if cfg.trainer.checkpoint and status == "ok":
         save_checkpoint(out_dir / "checkpoint.pt", {
             "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
@@ -147,9 +164,13 @@ def train_run(cfg: DictConfig, out_dir: Path, overrides: list[str] = (), group: 
         "test_error_at_best_val": best["test_error"],
         "selection": "best epoch on val, test reported" if sizes["val"] else "none (dataset.val_size=0)",
         "splits": sizes, "split_sources": describe_splits(d),
-        "params": params, "erased": record.sites, "erase": record.as_dict(), "device": str(device),
+        "params": params, "macs": macs, "erased": record.sites, "erase": record.as_dict(), "device": str(device),
         "seconds": time.perf_counter() - start, "versions": library_versions(),
+        "paper": OmegaConf.to_container(cfg.paper) if cfg.paper.test_error is not None else None,
     }
+    if writer:
+        write_hparams(writer, cfg, list(overrides), result)
+        writer.close()
     save_json(out_dir / "result.json", result)
     log.info("done: test error %s%%, best val error %s%% (epoch %s) -> %s", _fmt(result["test_error"]),
              _fmt(best["val_error"]), best["epoch"], out_dir)

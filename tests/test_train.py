@@ -72,6 +72,14 @@ def test_multirun_summary_matches_the_runs(tmp_path):
         assert math.isclose(row["test_error_std"], statistics.stdev(r["test_error"] for r in runs))
     assert "± " in (sweep / "summary.md").read_text()
     assert "summary.md" in proc.stdout
+    assert {r["macs"] for r in results} == {2_516_608}  # ResNet-20's convolutions and head on 8x8 digits
+    for plot in ("curves.png", "proportion.png"):
+        assert (sweep / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    from erasenet.select import select
+
+    (chosen,) = select(results, among=(0.0, 1.0))
+    val = {p: statistics.fmean(r["best_val_error"] for r in results if r["erase"]["proportion"] == p) for p in (0, 1)}
+    assert chosen["proportion"] == min(val, key=lambda p: (val[p], p))
     # the summary can be rebuilt by hand from the run directories alone
     (sweep / "summary.md").unlink()
     write_summary(sweep)

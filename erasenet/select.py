@@ -1,0 +1,99 @@
+"""Choose the erase proportion on validation error, as the EraseReLU paper does, and report its test error.
+
+    python -m erasenet.select DIR [--among 0.25,0.5,0.75,1]
+
+Runs below DIR are grouped into families that differ only in seed and ``erase.proportion``. In each family the
+proportion (among the candidates) with the lowest mean best-validation error over seeds is chosen; the test error
+of that choice is reported. The test set never takes part in the choice.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+from .errors import UserError
+from .results import family_of, find_results, mean_std, proportion_of
+
+PAPER_CANDIDATES = (0.25, 0.5, 0.75, 1.0)  # EraseReLU Sec. 4: selected from {25, 50, 75, 100}% on validation
+
+
+def _pm(values: list[float]) -> str:
+    mean, std = mean_std(values)
+    return "—" if math.isnan(mean) else f"{mean:.2f} ± {std:.2f}" if not math.isnan(std) else f"{mean:.2f}"
+
+
+def select(results: list[dict], among: tuple[float, ...] = PAPER_CANDIDATES) -> list[dict]:
+    """One row per family: the chosen proportion, its val and test errors over seeds, and every candidate's val mean."""
+    ok = [r for r in results if r.get("status", "ok") == "ok"]
+    no_val = sorted({r["_dir"] for r in ok if r.get("best_val_error") is None})
+    if no_val:
+        raise UserError(f"{len(no_val)} run(s) have no validation error (e.g. {no_val[0]}): they were trained with "
+                        "dataset.val_size=0, and the proportion must not be chosen on the test set. Re-run the sweep "
+                        "with a validation split, e.g. dataset.val_size=5000.")
+    families: dict[str, dict[float, list[dict]]] = {}
+    for r in ok:
+        p = proportion_of(r)
+        candidate = next((c for c in among if p is not None and math.isclose(p, c)), None)
+        if candidate is not None:
+            families.setdefault(family_of(r), {}).setdefault(candidate, []).append(r)
+    if not families:
+        found = sorted({proportion_of(r) for r in ok if proportion_of(r) is not None})
+        raise UserError(f"no finished run has a candidate proportion ({', '.join(f'{c:g}' for c in among)}); the "
+                        f"runs have {', '.join(f'{p:g}' for p in found) or 'none'}. Sweep them, e.g. "
+                        "erase.proportion=0.25,0.5,0.75,1, or pass the proportions you swept with --among.")
+    rows = []
+    for family, by_p in sorted(families.items()):
+        val_means = {p: mean_std([r["best_val_error"] for r in runs])[0] for p, runs in sorted(by_p.items())}
+        chosen = min(val_means, key=lambda p: (val_means[p], p))  # ties go to the smaller proportion
+        runs = by_p[chosen]
+        original = [r["test_error"] for r in ok if family_of(r) == family and proportion_of(r) == 0.0]
+        rows.append({"family": family, "proportion": chosen, "n": len(runs), "val_means": val_means,
+                     "best_val_error": _pm([r["best_val_error"] for r in runs]),
+                     "test_error": _pm([r["test_error"] for r in runs]),
+                     "test_error_at_best_val": _pm([r["test_error_at_best_val"] for r in runs]),
+                     "original_test_error": _pm(original) + (f" (n={len(original)})" if original else "")})
+    return rows
+
+
+def to_markdown(rows: list[dict]) -> str:
+    head = ["family", "chosen proportion", "n", "best val error (%)", "test error (%)", "test @ best val (%)",
+            "original (p=0) test error (%)", "mean best val error per candidate"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        candidates = ", ".join(f"{p:g}: {v:.2f}" for p, v in r["val_means"].items())
+        lines.append("| " + " | ".join([r["family"], f"{r['proportion']:g}", str(r["n"]), r["best_val_error"],
+                                        r["test_error"], r["test_error_at_best_val"], r["original_test_error"],
+                                        candidates]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m erasenet.select", description=__doc__.split("\n\n")[0])
+    parser.add_argument("dir", type=Path, help="a sweep directory, e.g. multirun/<name>")
+    parser.add_argument("--among", default=",".join(f"{c:g}" for c in PAPER_CANDIDATES),
+                        help="comma-separated candidate proportions (default: %(default)s, the paper's)")
+    args = parser.parse_args(argv)
+    try:
+        try:
+            among = tuple(float(x) for x in args.among.split(","))
+        except ValueError:
+            raise UserError(f"--among {args.among!r} is not a list of numbers. Use e.g. --among 0.25,0.5,0.75,1.")
+        if not args.dir.is_dir():
+            raise UserError(f"{args.dir} is not a directory. Give the sweep directory, e.g. multirun/quickstart.")
+        rows = select(find_results(args.dir), among)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    markdown = (f"# Proportion chosen on validation in {args.dir}\n\nPer family (runs differing only in seed and "
+                f"erase.proportion), the candidate ({args.among}) with the lowest mean best-val error; errors in %, "
+                f"mean ± sample std over seeds. The test set took no part in the choice.\n\n" + to_markdown(rows))
+    (args.dir / "selection.md").write_text(markdown)
+    print(markdown + f"\nwritten to {args.dir / 'selection.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
