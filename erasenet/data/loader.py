@@ -3,7 +3,8 @@
 Random crop, horizontal flip and normalisation run as batched tensor ops on that
 device. Each epoch's order and augmentation are drawn on the CPU from
 ``(seed, epoch)`` alone, so a run is reproducible on any device and resumable
-at any epoch; under DDP each rank takes its own interleaved shard.
+at any batch of any epoch; under DDP each rank takes its part of every global
+batch.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ class TensorLoader:
         self.labels = split.labels.to(self.device)
         self.batch_size, self.train, self.drop_last = batch_size, train, drop_last
         self.crop_padding, self.flip = (crop_padding, flip) if train else (0, False)
-        self.seed, self.rank, self.world_size, self.epoch = seed, rank, world_size, 0
+        self.seed, self.rank, self.world_size, self.epoch, self.start_batch = seed, rank, world_size, 0, 0
         channels = self.images.shape[1]
         mean_t = torch.tensor(list(mean) or [0.0] * channels, dtype=torch.float32)
         std_t = torch.tensor(list(std) or [1.0] * channels, dtype=torch.float32)
@@ -35,37 +36,58 @@ class TensorLoader:
         self.scale = (1.0 / (255.0 * std_t)).view(1, -1, 1, 1).to(self.device)
         self.shift = (-mean_t / std_t).view(1, -1, 1, 1).to(self.device)
 
-    def set_epoch(self, epoch: int) -> None:
-        """Select the order and augmentation of ``epoch`` (0-based)."""
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """Select the order and augmentation of ``epoch`` (0-based); iteration starts at batch ``start_batch``
+        (to resume an epoch that was interrupted)."""
+        self.epoch, self.start_batch = epoch, start_batch
 
-    def _shard(self) -> torch.Tensor:
+    def _positions(self) -> torch.Tensor:
+        """Positions in the epoch's order this rank serves, batch by batch.
+
+        Training: global batch k is positions [k*B, (k+1)*B) of the epoch's order for every world size, and each
+        rank takes its own contiguous part of it, so N processes train on exactly the batches one process would.
+        The last ``n % world_size`` images of an epoch's order are left out (at most world_size - 1 images).
+        Evaluation: every sample exactly once over all ranks, no padding.
+        """
         n = len(self.labels)
-        if self.train:
-            order = torch.randperm(n, generator=self._generator(0))
-            per_rank = n // self.world_size  # equal step counts on every rank; the last few images wait an epoch
-            return order[self.rank * per_rank:(self.rank + 1) * per_rank]
-        return torch.arange(self.rank, n, self.world_size)  # evaluation: every sample exactly once over all ranks
+        if not self.train:
+            return torch.arange(self.rank, n, self.world_size)
+        usable = n // self.world_size * self.world_size
+        if self.drop_last:
+            usable = usable // (self.batch_size * self.world_size) * self.batch_size * self.world_size
+        positions = torch.arange(usable)
+        global_batch = self.batch_size * self.world_size
+        full = usable // global_batch * global_batch
+        mine = [positions[:full].view(-1, self.world_size, self.batch_size)[:, self.rank].reshape(-1)]
+        tail = positions[full:]  # a last, smaller global batch: split evenly too (its size divides world_size)
+        per_rank = len(tail) // self.world_size
+        mine.append(tail[self.rank * per_rank:(self.rank + 1) * per_rank])
+        return torch.cat(mine)
 
     def _generator(self, stream: int) -> torch.Generator:
         return torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch) * 8 + stream)
 
     def __len__(self) -> int:
         n = len(self.labels)
-        n = n // self.world_size if self.train else len(range(self.rank, n, self.world_size))
-        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+        if not self.train:
+            return math.ceil(len(range(self.rank, n, self.world_size)) / self.batch_size)
+        per_rank = n // self.world_size
+        return per_rank // self.batch_size if self.drop_last else math.ceil(per_rank / self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        index = self._shard()
-        if self.drop_last:
-            index = index[: len(index) // self.batch_size * self.batch_size]
+        positions = self._positions()
+        n = len(self.labels)
+        # order and augmentation are drawn for the whole epoch, then indexed: the same image gets the same crop
+        # and flip whatever the world size or the batch an epoch resumes at
+        order = torch.randperm(n, generator=self._generator(0)) if self.train else torch.arange(n)
+        index = order[positions]
         if self.crop_padding or self.flip:
             aug = self._generator(1)
-            offsets = torch.randint(0, 2 * self.crop_padding + 1, (len(index), 2), generator=aug)
-            flips = torch.rand(len(index), generator=aug) < 0.5
+            offsets = torch.randint(0, 2 * self.crop_padding + 1, (n, 2), generator=aug)[positions]
+            flips = (torch.rand(n, generator=aug) < 0.5)[positions]
             offsets, flips = offsets.to(self.device), flips.to(self.device)
         index = index.to(self.device)
-        for start in range(0, len(index), self.batch_size):
+        for start in range(self.start_batch * self.batch_size, len(index), self.batch_size):
             batch = index[start:start + self.batch_size]
             x = self.images[batch]
             if self.crop_padding:
