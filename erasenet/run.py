@@ -106,8 +106,8 @@ class TrainState:
 def train_run(cfg: DictConfig, out_dir: Path, overrides: list[str] = (), group: str = "") -> dict:
     """Train one configuration into ``out_dir``; return (and write) its ``result.json`` record.
 
-    A run whose ``result.json`` matches the config returns that record untrained; one with checkpoints
-    continues from the newest (``trainer.resume=auto``). A stop signal writes a checkpoint and raises
+    A run whose ``result.json`` matches the config returns that record untrained (unless
+    ``trainer.resume=never``); one with checkpoints continues from the newest (``trainer.resume=auto``). A stop signal writes a checkpoint and raises
     :class:`Interrupted`.
     """
     out_dir = Path(out_dir)
@@ -115,7 +115,7 @@ def train_run(cfg: DictConfig, out_dir: Path, overrides: list[str] = (), group: 
     ctx, device = distributed.setup(cfg.trainer, resolve_device(cfg.trainer.device))
     try:
         config = OmegaConf.to_container(cfg, resolve=True)
-        if cfg.trainer.skip_finished:
+        if cfg.trainer.skip_finished and cfg.trainer.resume != "never":
             finished = distributed.broadcast(finished_result(out_dir, config) if ctx.is_main else None)
             if finished is not None:
                 log.info("already finished (result.json matches the config): %s", out_dir)
@@ -128,7 +128,7 @@ def train_run(cfg: DictConfig, out_dir: Path, overrides: list[str] = (), group: 
         files.open(cfg, run.record, state)
         start = time.perf_counter()
         try:
-            status, failure = fit(run, state, files)
+            status, failure = fit(run, state, files, config)
         finally:
             files.close()
         result = make_result(run, state, status, failure, config, overrides, group,
@@ -248,10 +248,9 @@ def checkpoint_state(run: Run, state: TrainState, config: dict, seconds: float) 
 
 # --- training -------------------------------------------------------------------------------------------------
 
-def fit(run: Run, state: TrainState, files: "RunFiles") -> tuple[str, str | None]:
+def fit(run: Run, state: TrainState, files: "RunFiles", config: dict) -> tuple[str, str | None]:
     """Train from ``state`` to the last epoch; return the status (``ok``/``failed``) and the failure, if any."""
     cfg, t = run.cfg, run.cfg.trainer
-    config = OmegaConf.to_container(cfg, resolve=True)
     reduce = distributed.all_reduce_sum if run.ctx.enabled else None
     progress = progress_enabled(t.progress) and run.ctx.is_main
     started = time.perf_counter()

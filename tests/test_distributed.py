@@ -98,3 +98,18 @@ def test_launch_environment_from_torchrun_or_slurm():
     assert slurm == {"RANK": "5", "WORLD_SIZE": "8", "LOCAL_RANK": "1", "MASTER_ADDR": "gpu03",
                      "MASTER_PORT": "20123"}
     assert first_host("node7") == "node7" and first_host("a[1,2]") == "a1"
+
+
+def test_launcher_configs_compose():
+    from hydra import compose, initialize_config_module
+
+    with initialize_config_module(config_module="erasenet.conf", version_base=None):
+        def launcher(name: str):
+            return compose(config_name="config", overrides=[f"hydra/launcher={name}", "trainer=ddp"],
+                           return_hydra_config=True).hydra.launcher
+
+        assert launcher("parallel")._target_.endswith("JoblibLauncher")
+        slurm, ddp = launcher("slurm"), launcher("slurm_ddp")
+        assert slurm._target_.endswith("SlurmLauncher") and slurm.additional_parameters.requeue
+        assert (slurm.gpus_per_node, slurm.tasks_per_node) == (1, 1)
+        assert ddp.tasks_per_node == ddp.gpus_per_node == 4 and ddp.max_num_timeout == slurm.max_num_timeout

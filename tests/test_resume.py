@@ -77,7 +77,10 @@ def reference(tmp_path_factory):
         assert code == 0, out[-3000:]
         return outcome(run_dir(cwd))
 
-    return result
+    yield result
+    if proc.poll() is None:
+        proc.kill()
+        proc.communicate()
 
 
 def assert_same(resumed: Path, reference) -> None:
