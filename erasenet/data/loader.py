@@ -41,29 +41,6 @@ class TensorLoader:
         (to resume an epoch that was interrupted)."""
         self.epoch, self.start_batch = epoch, start_batch
 
-    def _positions(self) -> torch.Tensor:
-        """Positions in the epoch's order this rank serves, batch by batch.
-
-        Training: global batch k is positions [k*B, (k+1)*B) of the epoch's order for every world size, and each
-        rank takes its own contiguous part of it, so N processes train on exactly the batches one process would.
-        The last ``n % world_size`` images of an epoch's order are left out (at most world_size - 1 images).
-        Evaluation: every sample exactly once over all ranks, no padding.
-        """
-        n = len(self.labels)
-        if not self.train:
-            return torch.arange(self.rank, n, self.world_size)
-        usable = n // self.world_size * self.world_size
-        if self.drop_last:
-            usable = usable // (self.batch_size * self.world_size) * self.batch_size * self.world_size
-        positions = torch.arange(usable)
-        global_batch = self.batch_size * self.world_size
-        full = usable // global_batch * global_batch
-        mine = [positions[:full].view(-1, self.world_size, self.batch_size)[:, self.rank].reshape(-1)]
-        tail = positions[full:]  # a last, smaller global batch: split evenly too (its size divides world_size)
-        per_rank = len(tail) // self.world_size
-        mine.append(tail[self.rank * per_rank:(self.rank + 1) * per_rank])
-        return torch.cat(mine)
-
     def _generator(self, stream: int) -> torch.Generator:
         return torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch) * 8 + stream)
 
@@ -75,8 +52,13 @@ class TensorLoader:
         return per_rank // self.batch_size if self.drop_last else math.ceil(per_rank / self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        positions = self._positions()
         n = len(self.labels)
+        if self.train:
+            positions = train_positions(n, self.batch_size, rank=self.rank, world_size=self.world_size)
+        else:  # evaluation: every sample exactly once over all ranks, no padding
+            positions = torch.arange(self.rank, n, self.world_size)
+        if self.drop_last:
+            positions = positions[: len(positions) // self.batch_size * self.batch_size]
         # order and augmentation are drawn for the whole epoch, then indexed: the same image gets the same crop
         # and flip whatever the world size or the batch an epoch resumes at
         order = torch.randperm(n, generator=self._generator(0)) if self.train else torch.arange(n)
@@ -95,6 +77,23 @@ class TensorLoader:
             if self.flip:
                 x = torch.where(flips[start:start + len(batch)].view(-1, 1, 1, 1), x.flip(3), x)
             yield x.float() * self.scale + self.shift, self.labels[batch]
+
+
+def train_positions(n: int, batch_size: int, *, rank: int = 0, world_size: int = 1) -> torch.Tensor:
+    """Positions in an epoch's order of ``n`` images that this rank trains on, batch by batch.
+
+    Global batch k is positions [k*B, (k+1)*B) with B = batch_size * world_size, whatever the world size, and each
+    rank takes its contiguous share of it: N processes train on exactly the batches one process would. The last
+    ``n % world_size`` positions are left out, so every rank takes the same number of steps.
+    """
+    usable = n // world_size * world_size
+    global_batch = batch_size * world_size
+    full = usable // global_batch * global_batch
+    positions = torch.arange(usable)
+    tail = positions[full:]  # a last, smaller global batch (its size divides world_size): split evenly too
+    per_rank = len(tail) // world_size
+    return torch.cat([positions[:full].view(-1, world_size, batch_size)[:, rank].reshape(-1),
+                      tail[rank * per_rank:(rank + 1) * per_rank]])
 
 
 def random_crop(x: torch.Tensor, offsets: torch.Tensor, padding: int) -> torch.Tensor:
