@@ -111,6 +111,9 @@ def wrap(model: nn.Module, ctx: Dist, device: torch.device, sync_batchnorm: bool
     if not ctx.enabled:
         return model
     if sync_batchnorm:
+        if device.type != "cuda":
+            raise UserError("trainer.sync_batchnorm=true needs GPUs: PyTorch's SyncBatchNorm has no CPU version. "
+                            "Drop it on CPUs (each process then normalises over its share of the batch).")
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     return nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
 
