@@ -113,3 +113,14 @@ def test_launcher_configs_compose():
         assert slurm._target_.endswith("SlurmLauncher") and slurm.additional_parameters.requeue
         assert (slurm.gpus_per_node, slurm.tasks_per_node) == (1, 1)
         assert ddp.tasks_per_node == ddp.gpus_per_node == 4 and ddp.max_num_timeout == slurm.max_num_timeout
+
+
+def test_ddp_trainer_without_a_launcher_is_one_process(tmp_path, make_cfg, caplog):
+    quick = ("dataset=digits", "schedule=quick", "schedule.epochs=1", "model=mlp", "model.width=32",
+             "trainer.tensorboard=false")
+    plain = train_run(make_cfg(*quick), tmp_path / "plain")
+    ddp = train_run(make_cfg(*quick, "trainer=ddp"), tmp_path / "ddp")
+    assert "without a torchrun or Slurm environment" in caplog.text
+    assert ddp["processes"] == 1
+    assert {k: ddp[k] for k in ("test_error", "val_error", "train_error")} == \
+        {k: plain[k] for k in ("test_error", "val_error", "train_error")}
