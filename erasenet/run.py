@@ -12,6 +12,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -24,7 +25,7 @@ from .checkpoint import (CHECKPOINT_DIR, atomic_write, check_writable, config_di
 from .config import MODEL_META_KEYS
 from .data import TensorLoader, build_loaders
 from .distributed import Dist
-from .engine import (EpochState, NonFiniteLoss, build_optimizer, build_scheduler, evaluate, resolve_device,
+from .engine import (EpochState, NonFiniteLoss, Reduce, build_optimizer, build_scheduler, evaluate, resolve_device,
                      train_one_epoch)
 from .erase import EraseRecord, ErasePolicy, apply_erase
 from .errors import UserError
@@ -312,7 +313,8 @@ def interrupted(stop: StopSignals, run: Run) -> Interrupted:
     return Interrupted(f"stopped on {name}; {where} in {run.out_dir}")
 
 
-def run_epoch(run: Run, epoch: int, partial: EpochState | None, after_step, reduce, progress: bool) -> dict | None:
+def run_epoch(run: Run, epoch: int, partial: EpochState | None, after_step: Callable[[EpochState], bool],
+              reduce: Reduce | None, progress: bool) -> dict | None:
     """Train one epoch (from ``partial`` on) and evaluate; the epoch's metrics record, or None if stopped."""
     s = run.cfg.schedule
     run.train_loader.set_epoch(epoch, start_batch=partial.step if partial else 0)
