@@ -22,6 +22,8 @@ PROGRESS = ("auto", "on", "off")
 IMAGE_FOLDER_DATASETS = ("imagenet", "imagenet_subset")  # read from an ImageFolder tree through a DataLoader
 # The run metrics a published number can be compared with (result.json keys).
 PAPER_METRICS = ("test_error", "test_error_at_best_val")
+RESUME = ("auto", "never")
+BACKENDS = ("auto", "nccl", "gloo")
 # Keys of a model config that describe the model's recipe rather than its builder's arguments.
 MODEL_META_KEYS = ("name", "warmup_iters")
 
@@ -58,9 +60,11 @@ class DatasetConfig:
 @dataclass
 class ScheduleConfig:
     epochs: int = 164
-    batch_size: int = 128
-    eval_batch_size: int = 1000
+    batch_size: int = 128  # the global batch: split evenly across DDP processes, never per process
+    eval_batch_size: int = 1000  # global as well
     lr: float = 0.1
+    lr_scaling: str = "none"  # none | linear: lr and warmup_lr *= batch_size / base_batch_size (Goyal et al.)
+    base_batch_size: int = 128  # the batch size lr was tuned for (used by lr_scaling=linear only)
     momentum: float = 0.9
     nesterov: bool = False
     weight_decay: float = 1e-4
@@ -77,8 +81,16 @@ class TrainerConfig:
     progress: str = "auto"  # auto: a tqdm bar on a terminal unless $CI is set | on | off
     num_threads: int = 0  # CPU threads for torch; 0 keeps torch's default
     deterministic: bool = False  # cuDNN deterministic algorithms (slower)
-    checkpoint: bool = True  # write a checkpoint at the end of the run
+    checkpoint: bool = True  # write checkpoints/ at every epoch end (needed to resume)
+    checkpoint_every_min: float = 0.0  # also checkpoint within an epoch every this many minutes (0: off)
+    keep_checkpoints: int = 2  # newest checkpoints kept; older ones are deleted
+    resume: str = "auto"  # auto: continue from the newest valid checkpoint of the run directory | never
+    skip_finished: bool = True  # a run whose result.json matches the config is not trained again
+    check_every: int = 10  # steps between checks for a stop signal or a due checkpoint (a collective under DDP)
     tensorboard: bool = True
+    distributed: bool = False  # DDP across the processes torchrun or Slurm started (trainer=ddp)
+    backend: str = "auto"  # auto (nccl on GPUs, gloo on CPUs) | nccl | gloo
+    sync_batchnorm: bool = False  # convert BatchNorm layers to SyncBatchNorm under DDP
 
 
 @dataclass
@@ -155,6 +167,17 @@ def check_config(cfg: DictConfig) -> None:
         _fail(f"trainer.device={t.device!r} is unknown.", f"Use one of {', '.join(DEVICES)}.")
     if t.progress not in PROGRESS:
         _fail(f"trainer.progress={t.progress!r} is unknown.", f"Use one of {', '.join(PROGRESS)}.")
+    if s.lr_scaling not in ("none", "linear") or s.base_batch_size < 1:
+        _fail(f"schedule.lr_scaling={s.lr_scaling!r}, schedule.base_batch_size={s.base_batch_size}.",
+              "lr_scaling must be none or linear, and base_batch_size a positive batch size.")
+    if t.resume not in RESUME:
+        _fail(f"trainer.resume={t.resume!r} is unknown.", f"Use one of {', '.join(RESUME)}.")
+    if t.backend not in BACKENDS:
+        _fail(f"trainer.backend={t.backend!r} is unknown.", f"Use one of {', '.join(BACKENDS)}.")
+    if t.keep_checkpoints < 1 or t.check_every < 1 or t.checkpoint_every_min < 0:
+        _fail(f"trainer.keep_checkpoints={t.keep_checkpoints}, trainer.check_every={t.check_every}, "
+              f"trainer.checkpoint_every_min={t.checkpoint_every_min}.",
+              "keep_checkpoints and check_every must be at least 1, checkpoint_every_min at least 0.")
     if d.val_size < 0:
         _fail(f"dataset.val_size={d.val_size} is negative.", "Use 0 (no validation split) or a positive count.")
     if len(d.mean) != len(d.std) or (d.mean and len(d.mean) != d.in_chans) or any(x <= 0 for x in d.std):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 from typing import Callable, Iterable
 
 import torch
@@ -46,44 +47,80 @@ def build_scheduler(optimizer: torch.optim.Optimizer, schedule: DictConfig,
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(schedule, steps_per_epoch))
 
 
+@dataclass
+class EpochState:
+    """Where a training epoch stands: steps taken and the running sums (on the device), so it can resume."""
+
+    step: int
+    loss_sum: torch.Tensor
+    wrong: torch.Tensor
+    count: int
+
+    @classmethod
+    def fresh(cls, device: torch.device) -> "EpochState":
+        return cls(0, torch.zeros((), device=device), torch.zeros((), device=device, dtype=torch.long), 0)
+
+    def sums(self) -> torch.Tensor:
+        """Loss sum, wrong, count as one float64 tensor (what ranks sum up)."""
+        return torch.stack([self.loss_sum.double(), self.wrong.double(),
+                            torch.tensor(float(self.count), dtype=torch.float64, device=self.loss_sum.device)])
+
+
+Reduce = Callable[[torch.Tensor], torch.Tensor]
+
+
 def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer,
                     scheduler: torch.optim.lr_scheduler.LRScheduler, *, epoch: int, progress: bool = False,
-                    check_every: int = 50) -> dict:
-    """One pass over ``loader``; loss and error (%) summed on the device and read once at the end."""
+                    check_every: int = 50, state: EpochState | None = None,
+                    after_step: Callable[[EpochState], bool] | None = None,
+                    reduce: Reduce | None = None) -> dict | None:
+    """One pass over ``loader``; loss and error (%) summed on the device and read once at the end.
+
+    ``state`` continues a partly trained epoch (the loader must start at ``state.step``). ``after_step(state)``
+    runs after every step; when it returns True the epoch stops there and None is returned. ``reduce`` sums
+    tensors across ranks, so every rank sees the same totals and stops on a non-finite loss at the same step.
+    """
     model.train()
     device = next(model.parameters()).device
-    loss_sum = torch.zeros((), device=device)
-    wrong = torch.zeros((), device=device, dtype=torch.long)
-    count = 0
+    state = state or EpochState.fresh(device)
+    images_before = state.count
     start = time.perf_counter()
-    bar = tqdm(total=len(loader), desc=f"epoch {epoch + 1}", leave=False, disable=not progress, unit="batch")
-    for step, (x, y) in enumerate(loader):
+    bar = tqdm(total=len(loader), initial=state.step, desc=f"epoch {epoch + 1}", leave=False,
+               disable=not progress, unit="batch")
+    for x, y in loader:
         logits = model(x)
         loss = F.cross_entropy(logits, y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         scheduler.step()
-        loss_sum += loss.detach() * len(y)
-        wrong += (logits.detach().argmax(1) != y).sum()
-        count += len(y)
+        state.loss_sum += loss.detach() * len(y)
+        state.wrong += (logits.detach().argmax(1) != y).sum()
+        state.count += len(y)
+        state.step += 1
         bar.update()
-        if (step + 1) % check_every == 0 and not torch.isfinite(loss_sum):
+        if state.step % check_every == 0:
+            loss_sum = reduce(state.loss_sum.clone()) if reduce else state.loss_sum
+            if not torch.isfinite(loss_sum):
+                bar.close()
+                raise NonFiniteLoss(f"the training loss became non-finite in epoch {epoch + 1}, "
+                                    f"between steps {state.step + 1 - check_every} and {state.step}")
+        if after_step is not None and after_step(state):
             bar.close()
-            raise NonFiniteLoss(f"the training loss became non-finite in epoch {epoch + 1}, "
-                                f"between steps {step + 2 - check_every} and {step + 1}")
+            return None
     bar.close()
-    loss_mean = loss_sum.item() / max(count, 1)
-    if not math.isfinite(loss_mean):
-        raise NonFiniteLoss(f"the training loss became non-finite in epoch {epoch + 1}")
+    loss_sum, wrong, count = (reduce(state.sums()) if reduce else state.sums()).tolist()
+    if not math.isfinite(loss_sum):
+        raise NonFiniteLoss(f"the training loss became non-finite in epoch {epoch + 1} "
+                            f"(between its steps {state.step // check_every * check_every + 1} and {state.step})")
     seconds = time.perf_counter() - start
-    return {"loss": loss_mean, "error": 100.0 * wrong.item() / max(count, 1), "images": count,
-            "seconds": seconds, "images_per_s": count / seconds if seconds > 0 else 0.0}
+    images = (state.count - images_before) * (count / max(state.count, 1))  # over all ranks, this session
+    return {"loss": loss_sum / max(count, 1), "error": 100.0 * wrong / max(count, 1), "images": int(count),
+            "seconds": seconds, "images_per_s": images / seconds if seconds > 0 else 0.0}
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: Iterable,
-             reduce: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict:
+def evaluate(model: nn.Module, loader: Iterable, reduce: Reduce | None = None) -> dict:
     """Loss and error (%) over every sample of ``loader``; ``reduce`` sums the counts across ranks."""
     model.eval()
     device = next(model.parameters()).device

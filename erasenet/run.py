@@ -7,23 +7,30 @@ import logging
 import os
 import platform
 import random
+import shutil
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 import torch.nn as nn
 from omegaconf import DictConfig, OmegaConf
 
-from . import __version__
-from .checkpoint import save_checkpoint, save_json
+from . import __version__, distributed
+from .checkpoint import (CHECKPOINT_DIR, atomic_write, check_writable, config_differences, load_checkpoint,
+                         load_latest, rng_state, save_json, save_run_checkpoint, set_rng_state)
 from .config import MODEL_META_KEYS
-from .data import build_loaders, describe_splits
-from .engine import NonFiniteLoss, build_optimizer, build_scheduler, evaluate, resolve_device, train_one_epoch
+from .data import TensorLoader, build_loaders, describe_splits
+from .distributed import Dist
+from .engine import (EpochState, NonFiniteLoss, Reduce, build_optimizer, build_scheduler, evaluate, resolve_device,
+                     train_one_epoch)
 from .erase import EraseRecord, ErasePolicy, apply_erase
 from .errors import UserError
 from .models import builder_options, create_model, list_models
+from .preemption import Interrupted, StopSignals
 from .tblog import scalar_tag, write_hparams
 
 log = logging.getLogger("erasenet")
@@ -86,95 +93,348 @@ def library_versions() -> dict:
             "python": platform.python_version()}
 
 
+@dataclass
+class Run:
+    """Everything one training process holds."""
+
+    cfg: DictConfig
+    out_dir: Path
+    ctx: Dist
+    device: torch.device
+    model: nn.Module  # what trains: the DDP wrapper under DDP
+    module: nn.Module  # the plain model: what checkpoints hold and evaluation runs
+    record: EraseRecord
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    train_loader: TensorLoader
+    eval_loaders: dict[str, TensorLoader | None]
+    sizes: dict[str, int]
+    params: int
+    macs: int | None
+
+
+@dataclass
+class TrainState:
+    """How far a run has come; with the model and optimizer, what a checkpoint holds."""
+
+    epoch: int = 0  # full epochs done
+    partial: EpochState | None = None  # the steps done of the next epoch, when a run stopped inside it
+    best: dict = field(default_factory=lambda: {"val_error": None, "epoch": None, "test_error": None})
+    history: list[dict] = field(default_factory=list)  # metrics.jsonl, one record per finished epoch
+    seconds: float = 0.0  # training time of earlier sessions of this run
+
+
 def train_run(cfg: DictConfig, out_dir: Path, overrides: list[str] = (), group: str = "") -> dict:
-    """Train one configuration into ``out_dir``; return (and write) its ``result.json`` record."""
-    start = time.perf_counter()
+    """Train one configuration into ``out_dir``; return (and write) its ``result.json`` record.
+
+    A run whose ``result.json`` matches the config returns that record untrained (unless
+    ``trainer.resume=never``); one with checkpoints continues from the newest (``trainer.resume=auto``). A stop signal writes a checkpoint and raises
+    :class:`Interrupted`.
+    """
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if cfg.trainer.num_threads > 0:
-        torch.set_num_threads(cfg.trainer.num_threads)
-    torch.backends.cudnn.deterministic = cfg.trainer.deterministic
-    torch.backends.cudnn.benchmark = not cfg.trainer.deterministic
-    device = resolve_device(cfg.trainer.device)
+    configure_torch(cfg.trainer)
+    ctx, device = distributed.setup(cfg.trainer, resolve_device(cfg.trainer.device))
+    try:
+        config = OmegaConf.to_container(cfg, resolve=True)
+        if cfg.trainer.skip_finished and cfg.trainer.resume != "never":
+            finished = distributed.broadcast(finished_result(out_dir, config) if ctx.is_main else None)
+            if finished is not None:
+                log.info("already finished (result.json matches the config): %s", out_dir)
+                return finished
+        run = build_run(cfg, out_dir, ctx, device)
+        if ctx.is_main:
+            check_writable(out_dir, disk_needed(run))
+        state = resume(run, config)
+        files = RunFiles(out_dir, enabled=ctx.is_main, tensorboard=cfg.trainer.tensorboard)
+        files.open(cfg, run.record, state)
+        start = time.perf_counter()
+        try:
+            status, failure = fit(run, state, files, config)
+            result = make_result(run, state, status, failure, config, overrides, group,
+                                 seconds=state.seconds + time.perf_counter() - start)
+            files.write_result(result, cfg, list(overrides))
+        finally:
+            files.close()
+        log.info("done: test error %s%%, best val error %s%% (epoch %s) -> %s", _fmt(result["test_error"]),
+                 _fmt(state.best["val_error"]), state.best["epoch"], out_dir)
+        return result
+    finally:
+        distributed.cleanup()
 
-    d, s = cfg.dataset, cfg.schedule
-    train_loader, eval_loaders, sizes = build_loaders(d, s, device=device, seed=cfg.seed, out_dir=out_dir,
-                                                      progress=progress_enabled(cfg.trainer.progress))
+
+def configure_torch(trainer: DictConfig) -> None:
+    if trainer.num_threads > 0:
+        torch.set_num_threads(trainer.num_threads)
+    torch.backends.cudnn.deterministic = trainer.deterministic
+    torch.backends.cudnn.benchmark = not trainer.deterministic
+
+
+def process_schedule(schedule: DictConfig, world_size: int) -> DictConfig:
+    """The schedule one process runs: its share of the global batch, and the lr after ``lr_scaling``."""
+    s = OmegaConf.create(OmegaConf.to_container(schedule, resolve=True))
+    if s.batch_size % world_size:
+        raise UserError(f"schedule.batch_size={s.batch_size} (the global batch) does not split evenly over "
+                        f"{world_size} processes. Use a multiple of {world_size}.")
+    if s.lr_scaling == "linear":
+        factor = s.batch_size / s.base_batch_size
+        s.lr, s.warmup_lr = s.lr * factor, s.warmup_lr * factor
+    s.batch_size //= world_size
+    s.eval_batch_size = -(-s.eval_batch_size // world_size)
+    return s
+
+
+def build_run(cfg: DictConfig, out_dir: Path, ctx: Dist, device: torch.device) -> Run:
+    """Data, model (create → init → erase → device → SyncBN → DDP), optimizer and scheduler."""
+    schedule = process_schedule(cfg.schedule, ctx.world_size)
+    train_loader, eval_loaders, sizes = build_loaders(cfg.dataset, schedule, device=device, seed=cfg.seed,
+                                                      rank=ctx.rank, world_size=ctx.world_size, out_dir=out_dir,
+                                                      progress=progress_enabled(cfg.trainer.progress) and ctx.is_main)
     seed_everything(cfg.seed)
-    model, record = build_model(cfg)
-    model.to(device)
-    params = sum(p.numel() for p in model.parameters())
+    module, record = build_model(cfg)
+    module.to(device)
+    model = distributed.wrap(module, ctx, device, cfg.trainer.sync_batchnorm)
+    module = distributed.unwrap(model)  # SyncBatchNorm conversion builds a new module
+    params = sum(p.numel() for p in module.parameters())
     macs = count_macs(cfg)
-    log.info("%s: %s parameters on %s; train/val/test = %d/%d/%d images", cfg.model.name, f"{params:,}", device,
-             sizes["train"], sizes["val"], sizes["test"])
+    log.info("%s: %s parameters on %s%s; train/val/test = %d/%d/%d images; batch %d (%d per process), lr %g",
+             cfg.model.name, f"{params:,}", device, f", {ctx.world_size} processes" if ctx.enabled else "",
+             sizes["train"], sizes["val"], sizes["test"], cfg.schedule.batch_size, schedule.batch_size, schedule.lr)
     log.info(record.summary())
+    optimizer = build_optimizer(model, schedule)
+    scheduler = build_scheduler(optimizer, schedule, len(train_loader))
+    return Run(cfg, out_dir, ctx, device, model, module, record, optimizer, scheduler, train_loader, eval_loaders,
+               sizes, params, macs)
 
-    optimizer = build_optimizer(model, s)
-    scheduler = build_scheduler(optimizer, s, len(train_loader))
 
-    writer = None
-    if cfg.trainer.tensorboard:
-        from torch.utils.tensorboard import SummaryWriter
+def disk_needed(run: Run) -> int:
+    """Bytes a run will write at most: its kept checkpoints, one being written, and room for logs."""
+    tensors = [*run.module.state_dict().values()]
+    checkpoint = 2 * sum(t.numel() * t.element_size() for t in tensors)  # weights + momentum, roughly
+    return (run.cfg.trainer.keep_checkpoints + 1) * checkpoint * run.cfg.trainer.checkpoint + 64 * 2**20
 
-        writer = SummaryWriter(str(out_dir / "tb"))
-        writer.add_text("config", "```\n" + OmegaConf.to_yaml(cfg) + "\n```")
-        writer.add_text("erase", record.summary())
-    (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
 
-    best = {"val_error": None, "epoch": None, "test_error": None}
-    status, failure, last = "ok", None, {}
-    progress = progress_enabled(cfg.trainer.progress)
-    with open(out_dir / "metrics.jsonl", "w") as metrics_file:
-        for epoch in range(s.epochs):
-            train_loader.set_epoch(epoch)
-            lr = optimizer.param_groups[0]["lr"]
+# --- resuming -------------------------------------------------------------------------------------------------
+
+def finished_result(out_dir: Path, config: dict) -> dict | None:
+    """The stored ``result.json`` of ``out_dir`` if the run it records had this config; else None."""
+    path = out_dir / "result.json"
+    try:
+        stored = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    differences = config_differences(stored.get("config", {}), config)
+    if differences:
+        log.warning("%s is from another configuration (%s): training again", path, "; ".join(differences))
+        return None
+    return stored
+
+
+def resume(run: Run, config: dict) -> TrainState:
+    """Restore the newest valid checkpoint of the run directory into ``run`` (``trainer.resume=auto``)."""
+    if run.cfg.trainer.resume == "never":
+        return TrainState()
+    found = load_latest(run.out_dir) if run.ctx.is_main else None
+    path = distributed.broadcast(str(found[1]) if found else None)
+    if path is None:
+        return TrainState()
+    ckpt = found[0] if found else load_checkpoint(Path(path))
+    differences = config_differences(ckpt["config"], config)
+    if differences:
+        raise UserError(f"the checkpoint {path} is from another configuration; these keys differ (checkpoint -> "
+                        f"now): {'; '.join(differences)}. Run that configuration to continue it, or start this "
+                        "one afresh with trainer.resume=never (which replaces the run directory's checkpoints).")
+    run.module.load_state_dict(ckpt["model"])
+    run.optimizer.load_state_dict(ckpt["optimizer"])
+    run.scheduler.load_state_dict(ckpt["scheduler"])
+    set_rng_state(ckpt["rng"])
+    partial = None
+    if ckpt["step"]:
+        sums = ckpt["partial"] if run.ctx.is_main else {k: 0 for k in ckpt["partial"]}  # totals over ranks
+        partial = EpochState(ckpt["step"], torch.as_tensor(sums["loss_sum"], device=run.device).float(),
+                             torch.as_tensor(sums["wrong"], device=run.device).long(), int(sums["count"]))
+    log.info("resuming from %s (epoch %d, step %d)", path, ckpt["epoch"], ckpt["step"])
+    return TrainState(ckpt["epoch"], partial, ckpt["best"], ckpt["history"], ckpt["seconds"])
+
+
+def checkpoint_state(run: Run, state: TrainState, config: dict, seconds: float) -> dict:
+    """What a checkpoint holds; ``state.partial`` must already hold the totals over all ranks."""
+    partial = state.partial
+    return {
+        "model": run.module.state_dict(), "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict(), "epoch": state.epoch, "step": partial.step if partial else 0,
+        "partial": {"loss_sum": partial.loss_sum.detach().cpu(), "wrong": partial.wrong.cpu(),
+                    "count": partial.count} if partial else None,
+        "best": state.best, "history": state.history, "seconds": seconds, "rng": rng_state(), "config": config,
+        "erase": run.record.as_dict(), "world_size": run.ctx.world_size,
+    }
+
+
+# --- training -------------------------------------------------------------------------------------------------
+
+def fit(run: Run, state: TrainState, files: "RunFiles", config: dict) -> tuple[str, str | None]:
+    """Train from ``state`` to the last epoch; return the status (``ok``/``failed``) and the failure, if any."""
+    cfg, t = run.cfg, run.cfg.trainer
+    reduce = distributed.all_reduce_sum if run.ctx.enabled else None
+    progress = progress_enabled(t.progress) and run.ctx.is_main
+    started = time.perf_counter()
+    last_save = time.monotonic()
+
+    def save() -> None:
+        nonlocal last_save
+        if t.checkpoint:
+            files.save_checkpoint(checkpoint_state(run, state, config, state.seconds + time.perf_counter() - started),
+                                  t.keep_checkpoints)
+        distributed.barrier()
+        last_save = time.monotonic()
+
+    def after_step(partial: EpochState) -> bool:
+        """Every ``check_every`` steps: stop on a signal, or write a checkpoint that is due; all ranks agree."""
+        if partial.step % t.check_every:
+            return False
+        due = t.checkpoint_every_min > 0 and time.monotonic() - last_save >= 60 * t.checkpoint_every_min
+        stop_now, due = distributed.any_rank([stop.received is not None, due], run.device)
+        if stop_now or due:
+            state.partial = total_over_ranks(partial) if reduce else partial
+            save()
+        return stop_now
+
+    with StopSignals() as stop:
+        for epoch in range(state.epoch, cfg.schedule.epochs):
             try:
-                train = train_one_epoch(model, train_loader, optimizer, scheduler, epoch=epoch, progress=progress)
+                record = run_epoch(run, epoch, state.partial, after_step, reduce, progress)
             except NonFiniteLoss as err:
-                status, failure = "failed", str(err)
-                log.error("%s; stopping this run.", err)
-                break
-            evals = {k: evaluate(model, loader) for k, loader in eval_loaders.items() if loader is not None}
-            last = {"epoch": epoch + 1, "lr": lr, "train_loss": train["loss"], "train_error": train["error"],
-                    "images_per_s": train["images_per_s"], "seconds": train["seconds"]}
-            for split, m in evals.items():
-                last[f"{split}_loss"], last[f"{split}_error"] = m["loss"], m["error"]
-            if "val" in evals and (best["val_error"] is None or evals["val"]["error"] < best["val_error"]):
-                best = {"val_error": evals["val"]["error"], "epoch": epoch + 1, "test_error": evals["test"]["error"]}
-            metrics_file.write(json.dumps(last) + "\n")
-            metrics_file.flush()
-            if writer:
-                for key, value in last.items():
-                    if key != "epoch":
-                        writer.add_scalar(scalar_tag(key), value, epoch + 1)
-            log.info("epoch %d/%d  lr %.4g  train loss %.3f err %.2f%%  %s  %.1fs (%.0f img/s)", epoch + 1, s.epochs,
-                     lr, train["loss"], train["error"],
-                     "  ".join(f"{k} err {m['error']:.2f}%" for k, m in evals.items()), train["seconds"],
-                     train["images_per_s"])
-    if cfg.trainer.checkpoint and status == "ok":
-        save_checkpoint(out_dir / "checkpoint.pt", {
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "epoch": s.epochs, "config": OmegaConf.to_container(cfg, resolve=True), "erase": record.as_dict()})
-    result = {
-        "status": status, "failure": failure, "seed": cfg.seed, "model": cfg.model.name, "dataset": d.name,
+                log.error("%s; stopping this run (its last good checkpoint is kept).", err)
+                return "failed", str(err)
+            if record is None:
+                raise interrupted(stop, run)
+            state.epoch, state.partial = epoch + 1, None
+            state.history.append(record)
+            if "val_error" in record and (state.best["val_error"] is None
+                                          or record["val_error"] < state.best["val_error"]):
+                state.best = {"val_error": record["val_error"], "epoch": epoch + 1,
+                              "test_error": record["test_error"]}
+            files.log_epoch(record)  # before the checkpoint: a kill in between repeats the epoch, loses nothing
+            save()
+            if distributed.any_rank([stop.received is not None], run.device)[0]:
+                raise interrupted(stop, run)
+    return "ok", None
+
+
+def total_over_ranks(partial: EpochState) -> EpochState:
+    """The partial epoch's sums over all ranks (rank 0 carries them on resume)."""
+    sums = distributed.all_reduce_sum(partial.sums())
+    return EpochState(partial.step, sums[0].float(), sums[1].long(), int(sums[2].item()))
+
+
+def interrupted(stop: StopSignals, run: Run) -> Interrupted:
+    """Hand the signal to an earlier handler (submitit requeues the job), then say how to resume."""
+    name = stop.name
+    where = "a checkpoint was written" if run.cfg.trainer.checkpoint else "no checkpoint (trainer.checkpoint=false)"
+    log.warning("stopped on %s: %s; run the same command again to resume", name, where)
+    stop.pass_on()
+    return Interrupted(f"stopped on {name}; {where} in {run.out_dir}")
+
+
+def run_epoch(run: Run, epoch: int, partial: EpochState | None, after_step: Callable[[EpochState], bool],
+              reduce: Reduce | None, progress: bool) -> dict | None:
+    """Train one epoch (from ``partial`` on) and evaluate; the epoch's metrics record, or None if stopped."""
+    s = run.cfg.schedule
+    run.train_loader.set_epoch(epoch, start_batch=partial.step if partial else 0)
+    # the lr of the epoch's first step, as LambdaLR computes it (also when the epoch resumes in its middle)
+    lr = run.scheduler.base_lrs[0] * run.scheduler.lr_lambdas[0](epoch * len(run.train_loader))
+    train = train_one_epoch(run.model, run.train_loader, run.optimizer, run.scheduler, epoch=epoch,
+                            progress=progress, state=partial, after_step=after_step, reduce=reduce)
+    if train is None:
+        return None
+    distributed.sync_buffers(run.module)  # BN statistics of rank 0, as the checkpoint holds them
+    evals = {k: evaluate(run.module, loader, reduce) for k, loader in run.eval_loaders.items() if loader is not None}
+    record = {"epoch": epoch + 1, "lr": lr, "train_loss": train["loss"], "train_error": train["error"],
+              "images_per_s": train["images_per_s"], "seconds": train["seconds"]}
+    for split, m in evals.items():
+        record[f"{split}_loss"], record[f"{split}_error"] = m["loss"], m["error"]
+    log.info("epoch %d/%d  lr %.4g  train loss %.3f err %.2f%%  %s  %.1fs (%.0f img/s)", epoch + 1, s.epochs,
+             lr, train["loss"], train["error"], "  ".join(f"{k} err {m['error']:.2f}%" for k, m in evals.items()),
+             train["seconds"], train["images_per_s"])
+    return record
+
+
+# --- the run directory ----------------------------------------------------------------------------------------
+
+class RunFiles:
+    """The run directory's logs, checkpoints and result; only rank 0 writes (``enabled``)."""
+
+    def __init__(self, out_dir: Path, enabled: bool, tensorboard: bool):
+        self.out_dir, self.enabled, self.tensorboard = out_dir, enabled, tensorboard
+        self.metrics = self.writer = None
+
+    def open(self, cfg: DictConfig, record: EraseRecord, state: TrainState) -> None:
+        """Start or continue the logs: metrics.jsonl holds exactly the finished epochs, TensorBoard drops later
+        steps; a run starting afresh first clears what an earlier attempt left."""
+        if not self.enabled:
+            return
+        fresh = state.epoch == 0 and state.partial is None
+        if fresh:
+            for leftover in (self.out_dir / CHECKPOINT_DIR, self.out_dir / "tb", self.out_dir / "result.json"):
+                if leftover.exists():
+                    log.warning("starting afresh: removing %s of an earlier attempt", leftover)
+                    shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
+        (self.out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        atomic_write(self.out_dir / "metrics.jsonl",
+                     lambda f: f.write("".join(json.dumps(r) + "\n" for r in state.history).encode()))
+        self.metrics = open(self.out_dir / "metrics.jsonl", "a")
+        if self.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            # scalars are logged at step = epoch (1-based): purge what a killed session logged after the checkpoint
+            self.writer = SummaryWriter(str(self.out_dir / "tb"), purge_step=None if fresh else state.epoch + 1)
+            if fresh:
+                self.writer.add_text("config", "```\n" + OmegaConf.to_yaml(cfg) + "\n```")
+                self.writer.add_text("erase", record.summary())
+
+    def log_epoch(self, record: dict) -> None:
+        if not self.enabled:
+            return
+        self.metrics.write(json.dumps(record) + "\n")
+        self.metrics.flush()
+        if self.writer:
+            for key, value in record.items():
+                if key != "epoch":
+                    self.writer.add_scalar(scalar_tag(key), value, record["epoch"])
+            self.writer.flush()
+
+    def save_checkpoint(self, state: dict, keep: int) -> None:
+        if self.enabled:
+            save_run_checkpoint(self.out_dir, state, keep)
+
+    def write_result(self, result: dict, cfg: DictConfig, overrides: list[str]) -> None:
+        if self.enabled:
+            if self.writer:
+                write_hparams(self.writer, cfg, overrides, result)
+            save_json(self.out_dir / "result.json", result)
+
+    def close(self) -> None:
+        for f in (self.metrics, self.writer):
+            if f is not None:
+                f.close()
+
+
+def make_result(run: Run, state: TrainState, status: str, failure: str | None, config: dict,
+                overrides: list[str], group: str, seconds: float) -> dict:
+    """The run's ``result.json`` record."""
+    last, best, d = (state.history[-1] if state.history else {}), state.best, run.cfg.dataset
+    return {
+        "status": status, "failure": failure, "seed": run.cfg.seed, "model": run.cfg.model.name, "dataset": d.name,
         "group": group, "overrides": list(overrides), "epochs": last.get("epoch", 0),
         "test_error": last.get("test_error"), "test_loss": last.get("test_loss"),
         "val_error": last.get("val_error"), "train_error": last.get("train_error"),
         "best_val_error": best["val_error"], "best_epoch": best["epoch"],
         "test_error_at_best_val": best["test_error"],
-        "selection": "best epoch on val, test reported" if sizes["val"] else "none (dataset.val_size=0)",
-        "splits": sizes, "split_sources": describe_splits(d),
-        "params": params, "macs": macs, "erased": record.sites, "erase": record.as_dict(), "device": str(device),
-        "seconds": time.perf_counter() - start, "versions": library_versions(),
-        "paper": OmegaConf.to_container(cfg.paper) if cfg.paper.test_error is not None else None,
+        "selection": "best epoch on val, test reported" if run.sizes["val"] else "none (dataset.val_size=0)",
+        "splits": run.sizes, "split_sources": describe_splits(d), "params": run.params, "macs": run.macs,
+        "erased": run.record.sites, "erase": run.record.as_dict(), "device": str(run.device),
+        "processes": run.ctx.world_size, "seconds": seconds, "versions": library_versions(), "config": config,
+        "paper": OmegaConf.to_container(run.cfg.paper) if run.cfg.paper.test_error is not None else None,
     }
-    if writer:
-        write_hparams(writer, cfg, list(overrides), result)
-        writer.close()
-    save_json(out_dir / "result.json", result)
-    log.info("done: test error %s%%, best val error %s%% (epoch %s) -> %s", _fmt(result["test_error"]),
-             _fmt(best["val_error"]), best["epoch"], out_dir)
-    return result
 
 
 def _fmt(x: float | None) -> str:

@@ -17,6 +17,7 @@ from omegaconf import DictConfig
 
 from .config import check_config, register_configs
 from .errors import UserError
+from .preemption import Interrupted
 
 register_configs()
 log = logging.getLogger("erasenet")
@@ -39,6 +40,9 @@ def main(cfg: DictConfig) -> float | None:
         group = run_group(overrides, list(hc.job.config.override_dirname.exclude_keys))
         result = train_run(cfg, Path(hc.runtime.output_dir), overrides=overrides, group=group)
         return result.get("best_val_error")
+    except Interrupted as err:  # a checkpoint was written: a clean exit, and the same command resumes
+        print(f"\n{err}\n", file=sys.stderr)
+        sys.exit(0)
     except UserError as err:
         print(f"\nerror: {err}\n", file=sys.stderr)
         _remove_if_empty(Path(HydraConfig.get().runtime.output_dir))

@@ -18,7 +18,7 @@ def test_tiny_training_run_writes_everything_and_learns(tmp_path, make_cfg):
     cfg = make_cfg(*TINY, "erase.proportion=0.5", "seed=3")
     result = train_run(cfg, tmp_path)
     names = {p.name for p in tmp_path.iterdir()}
-    assert {"config.yaml", "metrics.jsonl", "result.json", "checkpoint.pt", "tb"} <= names
+    assert {"config.yaml", "metrics.jsonl", "result.json", "checkpoints", "tb"} <= names
     lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [m["epoch"] for m in lines] == [1, 2, 3]
     assert lines[-1]["train_loss"] < lines[0]["train_loss"]
@@ -31,7 +31,7 @@ def test_tiny_training_run_writes_everything_and_learns(tmp_path, make_cfg):
     assert on_disk["best_val_error"] == min(m["val_error"] for m in lines)
     assert on_disk["test_error_at_best_val"] == lines[on_disk["best_epoch"] - 1]["test_error"]
     assert set(on_disk["versions"]) >= {"torch", "torchvision", "erasenet"}
-    state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    state = torch.load(tmp_path / "checkpoints" / "epoch0003.pt", weights_only=True)
     assert "layer1.0.conv1.weight" in state["model"]
     assert list((tmp_path / "tb").iterdir())
 

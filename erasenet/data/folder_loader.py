@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from ..errors import UserError
 from .files import unreadable
 from .imagefolder import FileList
-from .loader import epoch_generator, normaliser, shard, shard_size
+from .loader import epoch_generator, epoch_order, normaliser, shard_positions, shard_size
 
 
 def folder_transform(train: bool, image_size: int, resize_size: int, flip: bool):
@@ -63,17 +63,19 @@ class FolderDataset(Dataset):
 
 
 class EpochSampler(Sampler):
-    """This rank's ``(index, seed)`` pairs of one epoch, as :func:`~erasenet.data.loader.shard` orders them."""
+    """This rank's ``(index, seed)`` pairs of one epoch, ordered and sharded as the tensor loader does it."""
 
-    def __init__(self, n: int, *, train: bool, seed: int, rank: int, world_size: int):
-        self.n, self.train, self.seed, self.rank, self.world_size, self.epoch = n, train, seed, rank, world_size, 0
+    def __init__(self, n: int, batch_size: int, *, train: bool, seed: int, rank: int, world_size: int):
+        self.n, self.batch_size, self.train, self.seed = n, batch_size, train, seed
+        self.rank, self.world_size, self.epoch, self.start = rank, world_size, 0, 0
 
     def __len__(self) -> int:
-        return shard_size(self.n, train=self.train, rank=self.rank, world_size=self.world_size)
+        return shard_size(self.n, train=self.train, rank=self.rank, world_size=self.world_size) - self.start
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        index = shard(self.n, train=self.train, seed=self.seed, epoch=self.epoch, rank=self.rank,
-                      world_size=self.world_size)
+        positions = shard_positions(self.n, self.batch_size, train=self.train, rank=self.rank,
+                                    world_size=self.world_size)[self.start:]
+        index = epoch_order(self.n, train=self.train, seed=self.seed, epoch=self.epoch)[positions]
         if not self.train:
             return ((i, 0) for i in index.tolist())
         # one seed per image of the whole split, so an image's augmentation does not depend on the sharding
@@ -89,15 +91,16 @@ class FolderLoader:
                  train: bool = False, mean: Sequence[float] = (), std: Sequence[float] = (), seed: int = 0,
                  rank: int = 0, world_size: int = 1, workers: int = 0, drop_last: bool = False):
         self.device = torch.device(device)
-        self.sampler = EpochSampler(len(dataset), train=train, seed=seed, rank=rank, world_size=world_size)
+        self.sampler = EpochSampler(len(dataset), batch_size, train=train, seed=seed, rank=rank,
+                                    world_size=world_size)
         self.loader = DataLoader(dataset, batch_size, sampler=self.sampler, num_workers=workers,
                                  pin_memory=self.device.type == "cuda", persistent_workers=workers > 0,
                                  drop_last=drop_last, prefetch_factor=4 if workers else None)
         self.scale, self.shift = normaliser(mean, std, 3, self.device)
 
-    def set_epoch(self, epoch: int) -> None:
-        """Select the order and augmentation of ``epoch`` (0-based)."""
-        self.sampler.epoch = epoch
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """Select the order and augmentation of ``epoch`` (0-based), starting at batch ``start_batch``."""
+        self.sampler.epoch, self.sampler.start = epoch, start_batch * self.sampler.batch_size
 
     def __len__(self) -> int:
         return len(self.loader)

@@ -1,9 +1,10 @@
-"""A loader that keeps a whole small split on the training device as uint8.
+"""A loader that keeps a whole small split on the training device as uint8, and the epoch sharding both loaders use.
 
 Random crop, horizontal flip and normalisation run as batched tensor ops on that
 device. Each epoch's order and augmentation are drawn on the CPU from
 ``(seed, epoch)`` alone, so a run is reproducible on any device and resumable
-at any epoch; under DDP each rank takes its own interleaved shard.
+at any batch of any epoch; under DDP each rank takes its part of every global
+batch.
 """
 
 from __future__ import annotations
@@ -27,29 +28,33 @@ class TensorLoader:
         self.labels = split.labels.to(self.device)
         self.batch_size, self.train, self.drop_last = batch_size, train, drop_last
         self.crop_padding, self.flip = (crop_padding, flip) if train else (0, False)
-        self.seed, self.rank, self.world_size, self.epoch = seed, rank, world_size, 0
+        self.seed, self.rank, self.world_size, self.epoch, self.start_batch = seed, rank, world_size, 0, 0
         self.scale, self.shift = normaliser(mean, std, self.images.shape[1], self.device)
 
-    def set_epoch(self, epoch: int) -> None:
-        """Select the order and augmentation of ``epoch`` (0-based)."""
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """Select the order and augmentation of ``epoch`` (0-based); iteration starts at batch ``start_batch``
+        (to resume an epoch that was interrupted)."""
+        self.epoch, self.start_batch = epoch, start_batch
 
     def __len__(self) -> int:
         n = shard_size(len(self.labels), train=self.train, rank=self.rank, world_size=self.world_size)
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        index = shard(len(self.labels), train=self.train, seed=self.seed, epoch=self.epoch, rank=self.rank,
-                      world_size=self.world_size)
+        n = len(self.labels)
+        positions = shard_positions(n, self.batch_size, train=self.train, rank=self.rank, world_size=self.world_size)
         if self.drop_last:
-            index = index[: len(index) // self.batch_size * self.batch_size]
+            positions = positions[: len(positions) // self.batch_size * self.batch_size]
+        index = epoch_order(n, train=self.train, seed=self.seed, epoch=self.epoch)[positions]
         if self.crop_padding or self.flip:
+            # drawn for the whole epoch, then indexed: an image gets the same crop and flip whatever the world
+            # size or the batch an epoch resumes at
             aug = epoch_generator(self.seed, self.epoch, 1)
-            offsets = torch.randint(0, 2 * self.crop_padding + 1, (len(index), 2), generator=aug)
-            flips = torch.rand(len(index), generator=aug) < 0.5
+            offsets = torch.randint(0, 2 * self.crop_padding + 1, (n, 2), generator=aug)[positions]
+            flips = (torch.rand(n, generator=aug) < 0.5)[positions]
             offsets, flips = offsets.to(self.device), flips.to(self.device)
         index = index.to(self.device)
-        for start in range(0, len(index), self.batch_size):
+        for start in range(self.start_batch * self.batch_size, len(index), self.batch_size):
             batch = index[start:start + self.batch_size]
             x = self.images[batch]
             if self.crop_padding:
@@ -64,22 +69,38 @@ def epoch_generator(seed: int, epoch: int, stream: int) -> torch.Generator:
     return torch.Generator().manual_seed((seed * 1_000_003 + epoch) * 8 + stream)
 
 
-def shard(n: int, *, train: bool, seed: int = 0, epoch: int = 0, rank: int = 0, world_size: int = 1) -> torch.Tensor:
-    """This rank's indices of ``n`` samples for one epoch.
+def epoch_order(n: int, *, train: bool, seed: int, epoch: int) -> torch.Tensor:
+    """The order of ``n`` samples in one epoch: a permutation drawn from ``(seed, epoch)`` for training."""
+    return torch.randperm(n, generator=epoch_generator(seed, epoch, 0)) if train else torch.arange(n)
 
-    Training: a permutation drawn from ``(seed, epoch)``, cut into ``world_size`` equal shards so every rank takes
-    the same number of steps (the last ``n % world_size`` images of the permutation wait an epoch). Evaluation:
-    interleaved, every sample exactly once over all ranks, no padding.
+
+def train_positions(n: int, batch_size: int, *, rank: int = 0, world_size: int = 1) -> torch.Tensor:
+    """Positions in an epoch's order of ``n`` images that this rank trains on, batch by batch.
+
+    Global batch k is positions [k*B, (k+1)*B) with B = batch_size * world_size, whatever the world size, and each
+    rank takes its contiguous share of it: N processes train on exactly the batches one process would. The last
+    ``n % world_size`` positions are left out, so every rank takes the same number of steps.
     """
+    usable = n // world_size * world_size
+    global_batch = batch_size * world_size
+    full = usable // global_batch * global_batch
+    positions = torch.arange(usable)
+    tail = positions[full:]  # a last, smaller global batch (its size divides world_size): split evenly too
+    per_rank = len(tail) // world_size
+    return torch.cat([positions[:full].view(-1, world_size, batch_size)[:, rank].reshape(-1),
+                      tail[rank * per_rank:(rank + 1) * per_rank]])
+
+
+def shard_positions(n: int, batch_size: int, *, train: bool, rank: int = 0, world_size: int = 1) -> torch.Tensor:
+    """This rank's positions in the epoch order: its part of every global batch when training; for evaluation,
+    interleaved, every sample exactly once over all ranks, no padding."""
     if train:
-        order = torch.randperm(n, generator=epoch_generator(seed, epoch, 0))
-        per_rank = n // world_size
-        return order[rank * per_rank:(rank + 1) * per_rank]
+        return train_positions(n, batch_size, rank=rank, world_size=world_size)
     return torch.arange(rank, n, world_size)
 
 
 def shard_size(n: int, *, train: bool, rank: int = 0, world_size: int = 1) -> int:
-    """``len(shard(n, ...))`` without drawing it."""
+    """``len(shard_positions(n, ...))`` without building it."""
     return n // world_size if train else len(range(rank, n, world_size))
 
 

@@ -1,0 +1,180 @@
+"""Exact resume and faults: SIGKILL and SIGTERM mid-run, corrupt checkpoints, other configs, NaN, full disks."""
+
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import REPO
+from erasenet.checkpoint import check_writable, list_checkpoints, load_checkpoint
+from erasenet.errors import UserError
+from erasenet.results import summarize
+from erasenet.run import train_run
+
+# Dropout and random crops draw from the RNGs a resume must restore; checkpoint_every_min is tiny, so a checkpoint
+# is written at every check (every 2 steps): a kill lands between checkpoints in the middle of an epoch.
+RESUMABLE = ("dataset=digits", "schedule=quick", "schedule.epochs=8", "schedule.milestones=[3]", "model=mlp",
+             "model.width=64", "model.dropout=0.2", "trainer.num_threads=1", "trainer.check_every=2",
+             "trainer.checkpoint_every_min=1e-6", "trainer.keep_checkpoints=3", "trainer.tensorboard=true")
+TIMING = {"seconds", "images_per_s"}
+QUICK = ("dataset=digits", "schedule=quick", "schedule.epochs=3", "model=mlp", "model.width=32",
+         "trainer.tensorboard=false")
+
+
+def start(*args: str, cwd: Path) -> subprocess.Popen:
+    env = {**os.environ, "CI": "1", "PYTHONPATH": str(REPO)}
+    return subprocess.Popen([sys.executable, "-m", "erasenet.train", *args], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finish(proc: subprocess.Popen) -> tuple[int, str]:
+    out, err = proc.communicate(timeout=300)
+    return proc.returncode, out + err
+
+
+def run_dir(cwd: Path) -> Path:
+    return next((cwd / "runs" / "default").iterdir())
+
+
+def wait_for_checkpoint(cwd: Path, pattern: str) -> None:
+    """Poll until the running job has written a checkpoint matching ``pattern`` (e.g. the second epoch's)."""
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        if (cwd / "runs").is_dir() and any((cwd / "runs").rglob(pattern)):
+            return
+        time.sleep(0.002)
+    raise AssertionError(f"no checkpoint {pattern} appeared")
+
+
+def outcome(directory: Path) -> tuple[dict, list[dict], list[int]]:
+    """Final weights, metrics without timings, and the epochs TensorBoard shows for loss/train."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    weights = load_checkpoint(list_checkpoints(directory)[-1])["model"]
+    metrics = [{k: v for k, v in json.loads(line).items() if k not in TIMING}
+               for line in (directory / "metrics.jsonl").read_text().splitlines()]
+    events = EventAccumulator(str(directory / "tb"))
+    events.Reload()
+    return weights, metrics, [e.step for e in events.Scalars("loss/train")]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """The uninterrupted run, started in the background so the interrupted ones can run beside it."""
+    cwd = tmp_path_factory.mktemp("reference")
+    proc = start(*RESUMABLE, cwd=cwd)
+
+    def result():
+        code, out = finish(proc)
+        assert code == 0, out[-3000:]
+        return outcome(run_dir(cwd))
+
+    yield result
+    if proc.poll() is None:
+        proc.kill()
+        proc.communicate()
+
+
+def assert_same(resumed: Path, reference) -> None:
+    weights, metrics, steps = outcome(resumed)
+    ref_weights, ref_metrics, ref_steps = reference()
+    assert weights.keys() == ref_weights.keys()
+    assert all(torch.equal(weights[k], ref_weights[k]) for k in weights)  # bit for bit
+    assert metrics == ref_metrics and [m["epoch"] for m in metrics] == list(range(1, 9))
+    assert steps == ref_steps == list(range(1, 9))  # TensorBoard: no repeated, no missing epoch
+
+
+def test_sigkill_mid_epoch_then_resume_is_exact(tmp_path, reference):
+    victim = start(*RESUMABLE, cwd=tmp_path)
+    wait_for_checkpoint(tmp_path, "epoch0002_step*.pt")  # inside the third epoch
+    victim.kill()
+    finish(victim)
+    directory = run_dir(tmp_path)
+    assert not (directory / "result.json").exists()
+    code, out = finish(start(*RESUMABLE, cwd=tmp_path))
+    assert code == 0, out[-3000:]
+    assert "resuming from" in (directory / "train.log").read_text()
+    assert_same(directory, reference)
+
+
+def test_sigterm_writes_a_checkpoint_and_exits_cleanly_then_resumes(tmp_path, reference):
+    victim = start(*RESUMABLE, cwd=tmp_path)
+    wait_for_checkpoint(tmp_path, "epoch0001*.pt")
+    victim.send_signal(signal.SIGTERM)
+    code, out = finish(victim)
+    directory = run_dir(tmp_path)
+    assert code == 0 and "stopped on SIGTERM" in out and "Traceback" not in out
+    assert not (directory / "result.json").exists()
+    state = load_checkpoint(list_checkpoints(directory)[-1])
+    assert state["epoch"] < 8 and state["config"]["seed"] == 0
+    code, out = finish(start(*RESUMABLE, cwd=tmp_path))
+    assert code == 0, out[-3000:]
+    assert_same(directory, reference)
+
+
+def test_corrupt_checkpoint_falls_back_to_the_previous_one(tmp_path, make_cfg, caplog):
+    cfg = make_cfg(*QUICK, "trainer.keep_checkpoints=3")
+    first = train_run(cfg, tmp_path)
+    newest = list_checkpoints(tmp_path)[-1]
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["epoch0001.pt", "epoch0002.pt", "epoch0003.pt"]
+    final = load_checkpoint(newest)["model"]
+    newest.write_bytes(newest.read_bytes()[:5000])  # a write cut short
+    (tmp_path / "result.json").unlink()
+    with caplog.at_level(logging.INFO, logger="erasenet"):
+        again = train_run(cfg, tmp_path)
+    assert "skipping unreadable checkpoint" in caplog.text and "epoch0003.pt" in caplog.text
+    assert "resuming from" in caplog.text and "epoch0002.pt (epoch 2, step 0)" in caplog.text
+    assert all(torch.equal(final[k], v) for k, v in load_checkpoint(newest)["model"].items())
+    assert {k: again[k] for k in ("test_error", "best_val_error", "train_error")} == \
+        {k: first[k] for k in ("test_error", "best_val_error", "train_error")}
+
+
+def test_checkpoint_of_another_config_is_refused(tmp_path, make_cfg):
+    train_run(make_cfg(*QUICK, "schedule.epochs=1"), tmp_path)
+    before = {p.name: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()}
+    with pytest.raises(UserError) as err:
+        train_run(make_cfg(*QUICK, "schedule.epochs=1", "erase.proportion=0.5", "model.width=16"), tmp_path)
+    message = str(err.value)
+    assert "erase.proportion: 0.0 -> 0.5" in message and "model.width: 32 -> 16" in message
+    assert "trainer.resume=never" in message
+    assert {p.name: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()} == before
+
+
+def test_finished_run_is_skipped(tmp_path, make_cfg, caplog):
+    cfg = make_cfg(*QUICK, "schedule.epochs=1")
+    first = train_run(cfg, tmp_path)
+    before = {p.name: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()}
+    with caplog.at_level(logging.INFO, logger="erasenet"):
+        again = train_run(make_cfg(*QUICK, "schedule.epochs=1", "trainer.progress=off"), tmp_path)
+    assert "already finished" in caplog.text and again == json.loads((tmp_path / "result.json").read_text())
+    assert again["test_error"] == first["test_error"]
+    assert {p.name: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()} == before
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, make_cfg):
+    # one epoch of warm-up at a sane lr, then lr=1e6 diverges in the second epoch
+    cfg = make_cfg(*QUICK, "schedule.lr=1e6", "schedule.warmup_iters=20", "schedule.warmup_lr=0.01")
+    result = train_run(cfg, tmp_path)
+    assert result["status"] == "failed" and "non-finite in epoch 2" in result["failure"]
+    assert "step" in result["failure"] and result["epochs"] == 1
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["epoch0001.pt"]
+    assert torch.isfinite(load_checkpoint(tmp_path / "checkpoints" / "epoch0001.pt")["model"]["head.weight"]).all()
+    row = summarize([json.loads((tmp_path / "result.json").read_text())])[0]
+    assert (row["n"], row["failed"]) == (0, 1)
+
+
+def test_unwritable_or_full_output_fails_before_training(tmp_path, make_cfg):
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(UserError, match="cannot write to the run directory"):
+        train_run(make_cfg(*QUICK), tmp_path / "a_file" / "run")
+    free = shutil.disk_usage(tmp_path).free
+    with pytest.raises(UserError, match="MiB free but this run needs"):
+        check_writable(tmp_path / "run", need_bytes=free + 2**40)
