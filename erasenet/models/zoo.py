@@ -32,6 +32,7 @@ class ModelStats:
     block_sites: tuple[tuple[str, ...], ...]
     declared_sites: tuple[str, ...]
     relu_calls: tuple[str, ...]  # nn.ReLU modules in the order one forward pass calls them
+    output_shape: tuple[int, ...]
     last_erasable: bool  # every block ends with a ReLU (erase.location=last is defined)
 
     @property
@@ -66,12 +67,14 @@ def measure(name: str) -> ModelStats:
     with torch.device("meta"):
         model = create_model(name, num_classes=num_classes, in_chans=shape[0])
     x = torch.empty(1, *shape, device="meta")
+    output: list[tuple[int, ...]] = []
+    model.register_forward_hook(lambda mod, inp, out: output.append(tuple(out.shape)))
     with FlopCounterMode(display=False) as counter:
         calls = relu_call_order(model, x)
     return ModelStats(
         name=name, input_shape=shape, num_classes=num_classes, params=sum(p.numel() for p in model.parameters()),
         macs=counter.get_total_flops() // 2, block_sites=tuple(tuple(s) for s in block_sites(model)),
-        declared_sites=tuple(declared_sites(model)), relu_calls=tuple(calls),
+        declared_sites=tuple(declared_sites(model)), relu_calls=tuple(calls), output_shape=output[0],
         last_erasable=all(block.ends_with_site for _, block in iter_blocks(model)))
 
 
