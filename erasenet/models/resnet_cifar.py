@@ -176,19 +176,21 @@ for _depth, _width in ((16, 8), (28, 10), (40, 4), (52, 1), (52, 10)):
 
 @register_model
 def resnext29(cardinality: int = 8, base_width: int = 64, num_classes: int = 10, in_chans: int = 3,
-              blocks: int = 3, survival_prob: float = 1.0) -> CifarResNet:
+              blocks: int = 3, out_width: int = 256, survival_prob: float = 1.0) -> CifarResNet:
     """ResNeXt for CIFAR: stem 64, 3 stages of ``blocks`` grouped bottlenecks, outputs 256/512/1024.
 
-    The grouped 3x3 conv of stage i is ``cardinality x base_width x 2**i`` wide (29 layers at 3 blocks).
+    The grouped 3x3 conv of stage i is ``cardinality x base_width x 2**i`` wide (29 layers at 3 blocks);
+    ``out_width`` is stage 1's output width, doubled at each stage.
     """
     inner = [cardinality * base_width * 2**i for i in range(3)]
-    return CifarResNet("bottleneck", "post", blocks, (256, 512, 1024), num_classes, in_chans, stem_width=64,
+    outs = [out_width * 2**i for i in range(3)]
+    return CifarResNet("bottleneck", "post", blocks, outs, num_classes, in_chans, stem_width=64,
                        shortcut="B", inner_widths=inner, groups=cardinality, survival_prob=survival_prob)
 
 
 def _named_resnext(cardinality: int) -> None:
     def build(num_classes: int = 10, in_chans: int = 3, survival_prob: float = 1.0) -> CifarResNet:
-        return resnext29(cardinality, 64, num_classes, in_chans, 3, survival_prob)
+        return resnext29(cardinality, 64, num_classes, in_chans, 3, 256, survival_prob)
 
     build.__name__ = f"resnext29_{cardinality}x64d"
     build.__doc__ = f"ResNeXt-29 ({cardinality}x64d) for CIFAR."
