@@ -12,7 +12,7 @@ import math
 import torch.nn as nn
 
 from .config import REPLACEMENTS
-from .models.base import iter_blocks
+from .models.base import Block, iter_blocks
 
 
 @dataclass(frozen=True)
@@ -60,9 +60,16 @@ def select_blocks(num_blocks: int, proportion: float) -> list[int]:
     return [i + 1 for i in range(num_blocks) if math.floor(i * p) > math.floor((i - 1) * p)]
 
 
-def _site_names(block_name: str, sites: tuple[str, ...], location: str) -> list[str]:
+def _site_names(block_name: str, block: Block, location: str) -> list[str]:
+    sites = block.sites
     if not sites:
         raise ValueError(f"block {block_name!r} declares no ReLU site to erase")
+    if location == "last" and not block.ends_with_site:
+        # EraseReLU's "last" is the ReLU a block ends with; a pre-activation block ends with a convolution.
+        raise ValueError(f"erase.location=last names the ReLU a block ends with, but block {block_name!r} "
+                         f"({type(block).__name__}) ends with a convolution; build its after-activation form "
+                         f"(model.form=post), as EraseReLU does, or name its site by index "
+                         f"(erase.location=1..{len(sites)}, sites {', '.join(sites)})")
     if location == "last":
         chosen = [sites[-1]]
     elif location == "first":
@@ -91,7 +98,7 @@ def apply_erase(model: nn.Module, policy: ErasePolicy) -> EraseRecord:
     record = EraseRecord(policy, len(blocks))
     for index in select_blocks(len(blocks), policy.proportion):
         name, block = blocks[index - 1]
-        for site in _site_names(name, block.sites, policy.location):
+        for site in _site_names(name, block, policy.location):
             parent_name, _, leaf = site.rpartition(".")
             parent = model.get_submodule(parent_name)
             if not isinstance(getattr(parent, leaf), nn.ReLU):

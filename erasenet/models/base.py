@@ -3,8 +3,10 @@
 A model is a stack of *blocks* (a paper's "basic modules"). Each block owns its
 rectifiers as separate ``nn.ReLU`` submodules and lists their attribute names
 in forward order in ``sites``. ReLUs outside any block (a stem's, a head's)
-are named in the model's ``fixed_sites``. The erase policy only ever talks to
-this contract, never to a concrete architecture.
+are named in the model's ``fixed_sites``; a model registers its modules in the
+order its forward pass runs them, so that registration order places each fixed
+site before or after the blocks. The erase policy only ever talks to this
+contract, never to a concrete architecture.
 """
 
 from __future__ import annotations
@@ -18,6 +20,9 @@ class Block(nn.Module):
     """A basic module whose rectifiers are named submodules listed in forward order."""
 
     sites: tuple[str, ...] = ()
+    # False where the last site is followed by a weighted layer inside the block (pre-activation
+    # blocks end with a convolution): such a block has no output ReLU for ``erase.location=last``.
+    ends_with_site: bool = True
 
 
 def iter_blocks(model: nn.Module) -> Iterator[tuple[str, Block]]:
@@ -40,17 +45,19 @@ def fixed_sites(model: nn.Module) -> list[str]:
 def declared_sites(model: nn.Module) -> list[str]:
     """Every rectifier site the model declares, in the order its forward pass calls them.
 
-    Fixed sites named with a ``stem`` prefix come first, then every block site in
-    depth order, then the remaining fixed sites (the head's).
+    Blocks and fixed sites are ordered by where their modules are registered (a stem's
+    ReLU before the first block, a head's after the last); within a block, by ``sites``.
     """
-    fixed = fixed_sites(model)
-    stem = [s for s in fixed if s.split(".")[0] == "stem"]
-    head = [s for s in fixed if s not in stem]
-    return stem + [s for sites in block_sites(model) for s in sites] + head
+    position = {name: i for i, (name, _) in enumerate(model.named_modules())}
+    entries = [(position[name], [f"{name}.{s}" for s in block.sites]) for name, block in iter_blocks(model)]
+    entries += [(position[site], [site]) for site in fixed_sites(model)]
+    return [s for _, sites in sorted(entries, key=lambda e: e[0]) for s in sites]
 
 
 def init_weights(model: nn.Module) -> None:
     """He (Kaiming) normal for convolutions and linear layers, BN weight 1 and bias 0."""
+    if any(p.is_meta for p in model.parameters()):
+        return  # meta tensors hold no values (a model built only to be measured)
     for m in model.modules():
         if isinstance(m, (nn.Conv2d, nn.Linear)):
             nn.init.kaiming_normal_(m.weight, mode="fan_out" if isinstance(m, nn.Conv2d) else "fan_in",

@@ -42,8 +42,14 @@ class MLP(nn.Module):
         return self.head(self.layers(torch.flatten(x, 1)))
 
 
-@register_model
+@register_model(input_shape=(1, 28, 28))
 def mlp(num_classes: int = 10, in_chans: int = 1, image_size: int = 28, depth: int = 4,
         width: int = 256, dropout: float = 0.0, batch_norm: bool = True) -> MLP:
     """A plain MLP on flattened images of ``in_chans x image_size x image_size``."""
     return MLP(in_chans * image_size * image_size, num_classes, depth, width, dropout, batch_norm)
+
+
+@register_model(input_shape=(1, 28, 28))
+def mlp12(num_classes: int = 10, in_chans: int = 1, image_size: int = 28, dropout: float = 0.5) -> MLP:
+    """EraseReLU's MLP-12 for MNIST: 11 hidden layers of 1000 units (Linear-BN-ReLU-Dropout), a linear classifier."""
+    return MLP(in_chans * image_size * image_size, num_classes, 12, 1000, dropout)

@@ -8,15 +8,29 @@ from typing import Any, Callable
 import torch.nn as nn
 
 _BUILDERS: dict[str, Callable[..., nn.Module]] = {}
+_INPUT_SHAPES: dict[str, tuple[int, int, int]] = {}
+CIFAR_INPUT = (3, 32, 32)
 
 
-def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-    """Decorator: register ``fn`` under its own name."""
-    name = fn.__name__
-    if name in _BUILDERS:
-        raise ValueError(f"model {name!r} is registered twice")
-    _BUILDERS[name] = fn
-    return fn
+def register_model(fn: Callable[..., nn.Module] | None = None, *, input_shape: tuple[int, int, int] = CIFAR_INPUT):
+    """Decorator: register ``fn`` under its own name; ``input_shape`` (C, H, W) is the input it was designed for.
+
+    Use bare (``@register_model``, CIFAR-sized input) or with ``@register_model(input_shape=(3, 224, 224))``.
+    """
+    def register(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        name = fn.__name__
+        if name in _BUILDERS:
+            raise ValueError(f"model {name!r} is registered twice")
+        _BUILDERS[name], _INPUT_SHAPES[name] = fn, tuple(input_shape)
+        return fn
+
+    return register if fn is None else register(fn)
+
+
+def input_shape(name: str) -> tuple[int, int, int]:
+    """The (C, H, W) input the registered model ``name`` was designed for."""
+    model_builder(name)
+    return _INPUT_SHAPES[name]
 
 
 def list_models() -> list[str]:
