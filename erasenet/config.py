@@ -18,6 +18,8 @@ LOCATIONS = ("last", "first", "all")
 REPLACEMENTS = ("identity", "prelu")
 DEVICES = ("auto", "cpu", "cuda")
 PROGRESS = ("auto", "on", "off")
+AMP = ("auto", "bf16", "fp16", "off")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 # Keys of a model config that describe the model's recipe rather than its builder's arguments.
 MODEL_META_KEYS = ("name", "warmup_iters")
 
@@ -69,6 +71,12 @@ class TrainerConfig:
     deterministic: bool = False  # cuDNN deterministic algorithms (slower)
     checkpoint: bool = True  # write a checkpoint at the end of the run
     tensorboard: bool = True
+    amp: str = "auto"  # auto (bf16 on a GPU that has it, else fp16; off on the CPU) | bf16 | fp16 | off
+    channels_last: bool = False  # NHWC memory format for weights and inputs
+    compile: bool = False  # torch.compile the model (compiled up front, eager fallback on failure)
+    compile_backend: str = "inductor"
+    compile_mode: str = "default"  # default | reduce-overhead | max-autotune | max-autotune-no-cudagraphs
+    concurrent: int = 1  # in a multirun, train up to this many seeds of one configuration together
 
 
 @dataclass
@@ -121,6 +129,13 @@ def check_config(cfg: DictConfig) -> None:
         _fail(f"trainer.device={t.device!r} is unknown.", f"Use one of {', '.join(DEVICES)}.")
     if t.progress not in PROGRESS:
         _fail(f"trainer.progress={t.progress!r} is unknown.", f"Use one of {', '.join(PROGRESS)}.")
+    if t.amp not in AMP:
+        _fail(f"trainer.amp={t.amp!r} is unknown.", f"Use one of {', '.join(AMP)}.")
+    if t.compile_mode not in COMPILE_MODES:
+        _fail(f"trainer.compile_mode={t.compile_mode!r} is unknown.", f"Use one of {', '.join(COMPILE_MODES)}.")
+    if t.concurrent < 1:
+        _fail(f"trainer.concurrent={t.concurrent} is below 1.",
+              "It is how many seeds of one configuration a multirun trains together: use 1 (one at a time) or more.")
     if d.val_size < 0:
         _fail(f"dataset.val_size={d.val_size} is negative.", "Use 0 (no validation split) or a positive count.")
     if len(d.mean) != len(d.std) or (d.mean and len(d.mean) != d.in_chans) or any(x <= 0 for x in d.std):

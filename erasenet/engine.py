@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from tqdm import tqdm
 
+from .accel import Accel
 from .errors import UserError
 
 
@@ -46,50 +47,61 @@ def build_scheduler(optimizer: torch.optim.Optimizer, schedule: DictConfig,
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(schedule, steps_per_epoch))
 
 
+def member_losses(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy over the last batch dimension: a scalar, or one per member of a stack of models."""
+    return F.cross_entropy(logits.flatten(0, -2), y.flatten(), reduction="none").view(y.shape).mean(-1)
+
+
 def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer,
                     scheduler: torch.optim.lr_scheduler.LRScheduler, *, epoch: int, progress: bool = False,
-                    check_every: int = 50) -> dict:
-    """One pass over ``loader``; loss and error (%) summed on the device and read once at the end."""
+                    check_every: int = 50, accel: Accel | None = None) -> dict:
+    """One pass over ``loader``; loss and error (%) summed on the device and read once at the end.
+
+    A stack of K models (``erasenet.concurrent``) takes K x B batches and gives one loss and error per member;
+    their summed loss gives each member exactly its own gradient.
+    """
     model.train()
     device = next(model.parameters()).device
-    loss_sum = torch.zeros((), device=device)
-    wrong = torch.zeros((), device=device, dtype=torch.long)
-    count = 0
+    accel = accel or Accel(device)
+    loss_sum, wrong, count = 0.0, 0, 0
     start = time.perf_counter()
     bar = tqdm(total=len(loader), desc=f"epoch {epoch + 1}", leave=False, disable=not progress, unit="batch")
     for step, (x, y) in enumerate(loader):
-        logits = model(x)
-        loss = F.cross_entropy(logits, y)
+        with accel.autocast():
+            logits = model(accel.inputs(x))
+            losses = member_losses(logits, y)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        accel.backward_and_step(losses.sum(), optimizer)
         scheduler.step()
-        loss_sum += loss.detach() * len(y)
-        wrong += (logits.detach().argmax(1) != y).sum()
-        count += len(y)
+        loss_sum = loss_sum + losses.detach().float() * y.shape[-1]
+        wrong = wrong + (logits.detach().argmax(-1) != y).sum(-1)
+        count += y.shape[-1]
         bar.update()
-        if (step + 1) % check_every == 0 and not torch.isfinite(loss_sum):
+        if (step + 1) % check_every == 0 and not torch.isfinite(loss_sum).all():
             bar.close()
             raise NonFiniteLoss(f"the training loss became non-finite in epoch {epoch + 1}, "
                                 f"between steps {step + 2 - check_every} and {step + 1}")
     bar.close()
-    loss_mean = loss_sum.item() / max(count, 1)
-    if not math.isfinite(loss_mean):
+    loss_mean = (torch.as_tensor(loss_sum) / max(count, 1)).tolist()  # a float, or one per member
+    if not all(map(math.isfinite, loss_mean if isinstance(loss_mean, list) else [loss_mean])):
         raise NonFiniteLoss(f"the training loss became non-finite in epoch {epoch + 1}")
+    error = (100.0 * torch.as_tensor(wrong, dtype=torch.float64) / max(count, 1)).tolist()
     seconds = time.perf_counter() - start
-    return {"loss": loss_mean, "error": 100.0 * wrong.item() / max(count, 1), "images": count,
+    return {"loss": loss_mean, "error": error, "images": count,
             "seconds": seconds, "images_per_s": count / seconds if seconds > 0 else 0.0}
 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: Iterable,
-             reduce: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict:
+             reduce: Callable[[torch.Tensor], torch.Tensor] | None = None, accel: Accel | None = None) -> dict:
     """Loss and error (%) over every sample of ``loader``; ``reduce`` sums the counts across ranks."""
     model.eval()
     device = next(model.parameters()).device
     sums = torch.zeros(3, device=device, dtype=torch.float64)  # loss sum, wrong, count
+    accel = accel or Accel(device)
     for x, y in loader:
-        logits = model(x)
+        with accel.autocast():
+            logits = model(accel.inputs(x)).float()
         sums[0] += F.cross_entropy(logits, y, reduction="sum").double()
         sums[1] += (logits.argmax(1) != y).sum()
         sums[2] += len(y)

@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from . import __version__
 from .checkpoint import save_checkpoint, save_json
+from .accel import accel_record, build_accel, prepare_model, sample_shapes
 from .config import MODEL_META_KEYS
 from .data import build_loaders
 from .engine import NonFiniteLoss, build_optimizer, build_scheduler, evaluate, resolve_device, train_one_epoch
@@ -88,6 +89,9 @@ def train_run(cfg: DictConfig, out_dir: Path, overrides: list[str] = (), group: 
              sizes["train"], sizes["val"], sizes["test"])
     log.info(record.summary())
 
+    accel = build_accel(cfg.trainer, device)
+    net = prepare_model(model, cfg.trainer, accel, sample_shapes(cfg))
+    log.info("%s, compile %s", accel.describe(), "on" if net.compiled else "off")
     optimizer = build_optimizer(model, s)
     scheduler = build_scheduler(optimizer, s, len(train_loader))
 
@@ -108,12 +112,14 @@ def train_run(cfg: DictConfig, out_dir: Path, overrides: list[str] = (), group: 
             train_loader.set_epoch(epoch)
             lr = optimizer.param_groups[0]["lr"]
             try:
-                train = train_one_epoch(model, train_loader, optimizer, scheduler, epoch=epoch, progress=progress)
+                train = train_one_epoch(net.module, train_loader, optimizer, scheduler, epoch=epoch,
+                                        progress=progress, accel=accel)
             except NonFiniteLoss as err:
                 status, failure = "failed", str(err)
                 log.error("%s; stopping this run.", err)
                 break
-            evals = {k: evaluate(model, loader) for k, loader in eval_loaders.items() if loader is not None}
+            evals = {k: evaluate(net.module, loader, accel=accel)
+                     for k, loader in eval_loaders.items() if loader is not None}
             last = {"epoch": epoch + 1, "lr": lr, "train_loss": train["loss"], "train_error": train["error"],
                     "images_per_s": train["images_per_s"], "seconds": train["seconds"]}
             for split, m in evals.items():
@@ -148,6 +154,7 @@ def train_run(cfg: DictConfig, out_dir: Path, overrides: list[str] = (), group: 
         "splits": sizes,
         "params": params, "erased": record.sites, "erase": record.as_dict(), "device": str(device),
         "seconds": time.perf_counter() - start, "versions": library_versions(),
+        "accel": accel_record(accel, net),
     }
     save_json(out_dir / "result.json", result)
     log.info("done: test error %s%%, best val error %s%% (epoch %s) -> %s", _fmt(result["test_error"]),
