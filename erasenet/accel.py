@@ -121,7 +121,7 @@ def compile_model(model: nn.Module, accel: Accel, samples: list[tuple[tuple[int,
             if train:
                 out.float().sum().backward()
     except Exception as err:  # noqa: BLE001 - any compiler failure means: train eagerly
-        message = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+        message = f"{type(err).__name__}: {' '.join(str(err).split())[:300]}"
         log.warning("torch.compile failed (%s); training the eager model instead.", message)
         return Compiled(_restore(model, state, was_training), False, time.perf_counter() - start, message)
     _restore(model, state, was_training)
