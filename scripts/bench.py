@@ -169,7 +169,7 @@ def bench_cifar(names: list[str], device: torch.device, n: int, batch: int, work
     return rows
 
 
-def bench_quickstart(device: torch.device) -> dict:
+def bench_quickstart(device: torch.device, repeats: int = 3) -> dict:
     """The quickstart's model and data: five seeds together against five seeds one after another."""
     from erasenet.data.digits import load_digits_splits
 
@@ -177,17 +177,28 @@ def bench_quickstart(device: torch.device) -> dict:
     accel = Accel(device, resolve_amp("auto", device))
     mean, std = (0.3059,), (0.3765,)
 
-    def digits(seed):
-        return TensorLoader(train, 64, device=device, train=True, crop_padding=1, mean=mean, std=std, seed=seed)
+    def digits(seed, batch=64):
+        return TensorLoader(train, batch, device=device, train=True, crop_padding=1, mean=mean, std=std, seed=seed)
 
-    sequential = [train_erasenet(lambda: model("resnet20", device, s, in_chans=1), digits(s), accel, device)
-                  for s in range(K)]
-    seq = K / sum(1 / r for r in sequential)  # images/s of the five runs back to back
-    base = digits(0)
-    together = train_erasenet(lambda: StackedModels([model("resnet20", device, s, in_chans=1) for s in range(K)]),
+    def one_after_another():
+        rates = [train_erasenet(lambda: model("resnet20", device, s, in_chans=1), digits(s), accel, device)
+                 for s in range(K)]
+        return K / sum(1 / r for r in rates)  # images/s of the five runs back to back
+
+    def stacked():
+        base = digits(0)
+        return train_erasenet(lambda: StackedModels([model("resnet20", device, s, in_chans=1) for s in range(K)]),
                               StackedLoader([base] + [with_seed(base, s) for s in range(1, K)]), accel, device,
                               members=K)
-    return {"sequential_images_per_s": seq, "concurrent_images_per_s": together, "concurrent_ratio": together / seq}
+
+    # Alternated and the best of three kept, so that other load on a shared machine hits both sides alike.
+    pairs = [(one_after_another(), stacked()) for _ in range(repeats)]
+    seq, together = max(p[0] for p in pairs), max(p[1] for p in pairs)
+    # The most any fusion of the five could reach here: one model taking all five batches at once.
+    ceiling = train_erasenet(lambda: model("resnet20", device, 0, in_chans=1), digits(0, 64 * K), accel, device)
+    return {"sequential_images_per_s": seq, "concurrent_images_per_s": together, "concurrent_ratio": together / seq,
+            "pairs": pairs,
+            "one_model_batch_320_images_per_s": ceiling, "ceiling_ratio": ceiling / seq}
 
 
 def bench_resnet50(device: torch.device, steps: int) -> dict:
@@ -263,7 +274,8 @@ def main() -> int:
     q = out["quickstart"]
     print(f"\nquickstart model (ResNet-20, 8x8 digits, batch 64): {K} sequential runs "
           f"{q['sequential_images_per_s']:.0f} img/s, {K} together {q['concurrent_images_per_s']:.0f} img/s, "
-          f"ratio {q['concurrent_ratio']:.2f}x", flush=True)
+          f"ratio {q['concurrent_ratio']:.2f}x; one model at batch {64 * K} {q['one_model_batch_320_images_per_s']:.0f}"
+          f" img/s ({q['ceiling_ratio']:.2f}x, the ceiling of any fusion)", flush=True)
     if gpu:
         out["resnet50"] = bench_resnet50(device, 10 if args.quick else 30)
         print(f"\nImageNet ResNet-50, batch 256, synthetic: {out['resnet50']['images_per_s']:.0f} img/s, peak memory "
