@@ -24,6 +24,8 @@ IMAGE_FOLDER_DATASETS = ("imagenet", "imagenet_subset")  # read from an ImageFol
 PAPER_METRICS = ("test_error", "test_error_at_best_val")
 RESUME = ("auto", "never")
 BACKENDS = ("auto", "nccl", "gloo")
+AMP = ("auto", "bf16", "fp16", "off")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 # Keys of a model config that describe the model's recipe rather than its builder's arguments.
 MODEL_META_KEYS = ("name", "warmup_iters")
 
@@ -91,6 +93,12 @@ class TrainerConfig:
     distributed: bool = False  # DDP across the processes torchrun or Slurm started (trainer=ddp)
     backend: str = "auto"  # auto (nccl on GPUs, gloo on CPUs) | nccl | gloo
     sync_batchnorm: bool = False  # convert BatchNorm layers to SyncBatchNorm under DDP
+    amp: str = "auto"  # auto (bf16 on a GPU that has it, else fp16; off on the CPU) | bf16 | fp16 | off
+    channels_last: bool = False  # NHWC memory format for weights and inputs
+    compile: bool = False  # torch.compile the model (compiled up front, eager fallback on failure)
+    compile_backend: str = "inductor"
+    compile_mode: str = "default"  # default | reduce-overhead | max-autotune | max-autotune-no-cudagraphs
+    concurrent: int = 1  # in a multirun, train up to this many seeds of one configuration together
 
 
 @dataclass
@@ -178,6 +186,13 @@ def check_config(cfg: DictConfig) -> None:
         _fail(f"trainer.keep_checkpoints={t.keep_checkpoints}, trainer.check_every={t.check_every}, "
               f"trainer.checkpoint_every_min={t.checkpoint_every_min}.",
               "keep_checkpoints and check_every must be at least 1, checkpoint_every_min at least 0.")
+    if t.amp not in AMP:
+        _fail(f"trainer.amp={t.amp!r} is unknown.", f"Use one of {', '.join(AMP)}.")
+    if t.compile_mode not in COMPILE_MODES:
+        _fail(f"trainer.compile_mode={t.compile_mode!r} is unknown.", f"Use one of {', '.join(COMPILE_MODES)}.")
+    if t.concurrent < 1:
+        _fail(f"trainer.concurrent={t.concurrent} is below 1.",
+              "It is how many seeds of one configuration a multirun trains together: use 1 (one at a time) or more.")
     if d.val_size < 0:
         _fail(f"dataset.val_size={d.val_size} is negative.", "Use 0 (no validation split) or a positive count.")
     if len(d.mean) != len(d.std) or (d.mean and len(d.mean) != d.in_chans) or any(x <= 0 for x in d.std):

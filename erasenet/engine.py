@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 from typing import Callable, Iterable
@@ -13,6 +12,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from tqdm import tqdm
 
+from .accel import Accel
 from .errors import UserError
 
 
@@ -49,12 +49,15 @@ def build_scheduler(optimizer: torch.optim.Optimizer, schedule: DictConfig,
 
 @dataclass
 class EpochState:
-    """Where a training epoch stands: steps taken and the running sums (on the device), so it can resume."""
+    """Where a training epoch stands: steps taken and the running sums (on the device), so it can resume.
+
+    The sums are scalars, or one per member when a stack of K models trains (``erasenet.concurrent``).
+    """
 
     step: int
     loss_sum: torch.Tensor
     wrong: torch.Tensor
-    count: int
+    count: int  # samples seen (per member)
 
     @classmethod
     def fresh(cls, device: torch.device) -> "EpochState":
@@ -69,39 +72,47 @@ class EpochState:
 Reduce = Callable[[torch.Tensor], torch.Tensor]
 
 
+def member_losses(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy over the last batch dimension: a scalar, or one per member of a stack of models."""
+    return F.cross_entropy(logits.flatten(0, -2), y.flatten(), reduction="none").view(y.shape).mean(-1)
+
+
 def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer,
                     scheduler: torch.optim.lr_scheduler.LRScheduler, *, epoch: int, progress: bool = False,
                     check_every: int = 50, state: EpochState | None = None,
                     after_step: Callable[[EpochState], bool] | None = None,
-                    reduce: Reduce | None = None) -> dict | None:
+                    reduce: Reduce | None = None, accel: Accel | None = None) -> dict | None:
     """One pass over ``loader``; loss and error (%) summed on the device and read once at the end.
 
     ``state`` continues a partly trained epoch (the loader must start at ``state.step``). ``after_step(state)``
     runs after every step; when it returns True the epoch stops there and None is returned. ``reduce`` sums
     tensors across ranks, so every rank sees the same totals and stops on a non-finite loss at the same step.
+    A stack of K models takes K x B batches and gives one loss and error per member; their summed loss gives
+    each member exactly its own gradient.
     """
     model.train()
     device = next(model.parameters()).device
+    accel = accel or Accel(device)
     state = state or EpochState.fresh(device)
     images_before = state.count
     start = time.perf_counter()
     bar = tqdm(total=len(loader), initial=state.step, desc=f"epoch {epoch + 1}", leave=False,
                disable=not progress, unit="batch")
     for x, y in loader:
-        logits = model(x)
-        loss = F.cross_entropy(logits, y)
+        with accel.autocast():
+            logits = model(accel.inputs(x))
+            losses = member_losses(logits, y)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        accel.backward_and_step(losses.sum(), optimizer)
         scheduler.step()
-        state.loss_sum += loss.detach() * len(y)
-        state.wrong += (logits.detach().argmax(1) != y).sum()
-        state.count += len(y)
+        state.loss_sum = state.loss_sum + losses.detach().float() * y.shape[-1]
+        state.wrong = state.wrong + (logits.detach().argmax(-1) != y).sum(-1)
+        state.count += y.shape[-1]
         state.step += 1
         bar.update()
         if state.step % check_every == 0:
             loss_sum = reduce(state.loss_sum.clone()) if reduce else state.loss_sum
-            if not torch.isfinite(loss_sum):
+            if not torch.isfinite(loss_sum).all():
                 bar.close()
                 raise NonFiniteLoss(f"the training loss became non-finite in epoch {epoch + 1}, "
                                     f"between steps {state.step + 1 - check_every} and {state.step}")
@@ -109,24 +120,30 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
             bar.close()
             return None
     bar.close()
-    loss_sum, wrong, count = (reduce(state.sums()) if reduce else state.sums()).tolist()
-    if not math.isfinite(loss_sum):
+    if reduce:
+        loss_sum, wrong, total = reduce(state.sums())
+        count = int(total.item())
+    else:
+        loss_sum, wrong, count = state.loss_sum.double(), state.wrong.double(), state.count
+    if not torch.isfinite(loss_sum).all():
         raise NonFiniteLoss(f"the training loss became non-finite in epoch {epoch + 1} "
                             f"(between its steps {state.step // check_every * check_every + 1} and {state.step})")
     seconds = time.perf_counter() - start
     images = (state.count - images_before) * (count / max(state.count, 1))  # over all ranks, this session
-    return {"loss": loss_sum / max(count, 1), "error": 100.0 * wrong / max(count, 1), "images": int(count),
-            "seconds": seconds, "images_per_s": images / seconds if seconds > 0 else 0.0}
+    return {"loss": (loss_sum / max(count, 1)).tolist(), "error": (100.0 * wrong / max(count, 1)).tolist(),
+            "images": count, "seconds": seconds, "images_per_s": images / seconds if seconds > 0 else 0.0}
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: Iterable, reduce: Reduce | None = None) -> dict:
+def evaluate(model: nn.Module, loader: Iterable, reduce: Reduce | None = None, accel: Accel | None = None) -> dict:
     """Loss and error (%) over every sample of ``loader``; ``reduce`` sums the counts across ranks."""
     model.eval()
     device = next(model.parameters()).device
     sums = torch.zeros(3, device=device, dtype=torch.float64)  # loss sum, wrong, count
+    accel = accel or Accel(device)
     for x, y in loader:
-        logits = model(x)
+        with accel.autocast():
+            logits = model(accel.inputs(x)).float()
         sums[0] += F.cross_entropy(logits, y, reduction="sum").double()
         sums[1] += (logits.argmax(1) != y).sum()
         sums[2] += len(y)

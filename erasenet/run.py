@@ -20,6 +20,7 @@ import torch.nn as nn
 from omegaconf import DictConfig, OmegaConf
 
 from . import __version__, distributed
+from .accel import Accel, Compiled, accel_record, build_accel, prepare_model, sample_shapes, to_channels_last
 from .checkpoint import (CHECKPOINT_DIR, atomic_write, check_writable, config_differences, load_checkpoint,
                          load_latest, rng_state, save_json, save_run_checkpoint, set_rng_state)
 from .config import MODEL_META_KEYS
@@ -111,6 +112,8 @@ class Run:
     sizes: dict[str, int]
     params: int
     macs: int | None
+    accel: Accel  # autocast, memory format, loss scaling
+    compiled: Compiled  # what compiling the model cost (or why it failed)
 
 
 @dataclass
@@ -192,18 +195,23 @@ def build_run(cfg: DictConfig, out_dir: Path, ctx: Dist, device: torch.device) -
     seed_everything(cfg.seed)
     module, record = build_model(cfg)
     module.to(device)
-    model = distributed.wrap(module, ctx, device, cfg.trainer.sync_batchnorm)
-    module = distributed.unwrap(model)  # SyncBatchNorm conversion builds a new module
+    accel = build_accel(cfg.trainer, device)
+    to_channels_last(module, accel)
+    wrapped = distributed.wrap(module, ctx, device, cfg.trainer.sync_batchnorm)
+    module = distributed.unwrap(wrapped)  # SyncBatchNorm conversion builds a new module
+    compiled = prepare_model(wrapped, cfg.trainer, accel, sample_shapes(cfg.dataset, schedule))
+    model = compiled.module  # what trains: compiled and/or DDP-wrapped; `module` stays the plain model
     params = sum(p.numel() for p in module.parameters())
     macs = count_macs(cfg)
     log.info("%s: %s parameters on %s%s; train/val/test = %d/%d/%d images; batch %d (%d per process), lr %g",
              cfg.model.name, f"{params:,}", device, f", {ctx.world_size} processes" if ctx.enabled else "",
              sizes["train"], sizes["val"], sizes["test"], cfg.schedule.batch_size, schedule.batch_size, schedule.lr)
     log.info(record.summary())
-    optimizer = build_optimizer(model, schedule)
+    log.info("%s, compile %s", accel.describe(), "on" if compiled.compiled else "off")
+    optimizer = build_optimizer(module, schedule)
     scheduler = build_scheduler(optimizer, schedule, len(train_loader))
     return Run(cfg, out_dir, ctx, device, model, module, record, optimizer, scheduler, train_loader, eval_loaders,
-               sizes, params, macs)
+               sizes, params, macs, accel, compiled)
 
 
 def disk_needed(run: Run) -> int:
@@ -246,6 +254,8 @@ def resume(run: Run, config: dict) -> TrainState:
     run.module.load_state_dict(ckpt["model"])
     run.optimizer.load_state_dict(ckpt["optimizer"])
     run.scheduler.load_state_dict(ckpt["scheduler"])
+    if ckpt.get("scaler"):
+        run.accel.scaler.load_state_dict(ckpt["scaler"])
     set_rng_state(ckpt["rng"])
     partial = None
     if ckpt["step"]:
@@ -265,7 +275,7 @@ def checkpoint_state(run: Run, state: TrainState, config: dict, seconds: float) 
         "partial": {"loss_sum": partial.loss_sum.detach().cpu(), "wrong": partial.wrong.cpu(),
                     "count": partial.count} if partial else None,
         "best": state.best, "history": state.history, "seconds": seconds, "rng": rng_state(), "config": config,
-        "erase": run.record.as_dict(), "world_size": run.ctx.world_size,
+        "erase": run.record.as_dict(), "world_size": run.ctx.world_size, "scaler": run.accel.scaler.state_dict(),
     }
 
 
@@ -343,11 +353,12 @@ def run_epoch(run: Run, epoch: int, partial: EpochState | None, after_step: Call
     # the lr of the epoch's first step, as LambdaLR computes it (also when the epoch resumes in its middle)
     lr = run.scheduler.base_lrs[0] * run.scheduler.lr_lambdas[0](epoch * len(run.train_loader))
     train = train_one_epoch(run.model, run.train_loader, run.optimizer, run.scheduler, epoch=epoch,
-                            progress=progress, state=partial, after_step=after_step, reduce=reduce)
+                            progress=progress, state=partial, after_step=after_step, reduce=reduce, accel=run.accel)
     if train is None:
         return None
     distributed.sync_buffers(run.module)  # BN statistics of rank 0, as the checkpoint holds them
-    evals = {k: evaluate(run.module, loader, reduce) for k, loader in run.eval_loaders.items() if loader is not None}
+    evals = {k: evaluate(run.module, loader, reduce, accel=run.accel)
+             for k, loader in run.eval_loaders.items() if loader is not None}
     record = {"epoch": epoch + 1, "lr": lr, "train_loss": train["loss"], "train_error": train["error"],
               "images_per_s": train["images_per_s"], "seconds": train["seconds"]}
     for split, m in evals.items():
@@ -433,6 +444,7 @@ def make_result(run: Run, state: TrainState, status: str, failure: str | None, c
         "splits": run.sizes, "split_sources": describe_splits(d), "params": run.params, "macs": run.macs,
         "erased": run.record.sites, "erase": run.record.as_dict(), "device": str(run.device),
         "processes": run.ctx.world_size, "seconds": seconds, "versions": library_versions(), "config": config,
+        "accel": accel_record(run.accel, run.compiled),
         "paper": OmegaConf.to_container(run.cfg.paper) if run.cfg.paper.test_error is not None else None,
     }
 

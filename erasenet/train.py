@@ -29,24 +29,34 @@ def run_group(overrides: list[str], excluded: list[str]) -> str:
     return ",".join(sorted(o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in skip))
 
 
+def job_context() -> tuple[Path, list[str], str]:
+    """The current Hydra job's output directory, its overrides and its group (see ``run_group``)."""
+    hc = HydraConfig.get()
+    overrides = list(hc.overrides.task)
+    return Path(hc.runtime.output_dir), overrides, run_group(overrides, list(hc.job.config.override_dirname.exclude_keys))
+
+
+def refuse(err: UserError) -> None:
+    """Print the problem's one paragraph, remove the rejected run's directory, exit with status 2."""
+    print(f"\nerror: {err}\n", file=sys.stderr)
+    _remove_if_empty(Path(HydraConfig.get().runtime.output_dir))
+    sys.exit(2)
+
+
 @hydra.main(version_base=None, config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
     try:
         check_config(cfg)
         from .run import train_run  # torch and friends: only once the config is known to be good
 
-        hc = HydraConfig.get()
-        overrides = list(hc.overrides.task)
-        group = run_group(overrides, list(hc.job.config.override_dirname.exclude_keys))
-        result = train_run(cfg, Path(hc.runtime.output_dir), overrides=overrides, group=group)
+        out_dir, overrides, group = job_context()
+        result = train_run(cfg, out_dir, overrides=overrides, group=group)
         return result.get("best_val_error")
     except Interrupted as err:  # a checkpoint was written: a clean exit, and the same command resumes
         print(f"\n{err}\n", file=sys.stderr)
         sys.exit(0)
     except UserError as err:
-        print(f"\nerror: {err}\n", file=sys.stderr)
-        _remove_if_empty(Path(HydraConfig.get().runtime.output_dir))
-        sys.exit(2)
+        refuse(err)
 
 
 def _remove_if_empty(out_dir: Path) -> None:

@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-import torch.nn as nn
 
 from erasenet.models import create_model, declared_sites, list_models
 from erasenet.models.zoo import measure, relu_call_order

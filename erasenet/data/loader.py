@@ -120,8 +120,6 @@ def random_crop(x: torch.Tensor, offsets: torch.Tensor, padding: int) -> torch.T
     """Crop each image of ``x`` (N x C x H x W) at ``offsets`` (N x 2, rows then columns) from zero padding."""
     n, _, h, w = x.shape
     padded = torch.nn.functional.pad(x, (padding,) * 4)
-    rows = (offsets[:, 0:1] + torch.arange(h, device=x.device)).view(n, 1, h, 1)
-    cols = (offsets[:, 1:2] + torch.arange(w, device=x.device)).view(n, 1, 1, w)
-    batch = torch.arange(n, device=x.device).view(n, 1, 1, 1)
-    channels = torch.arange(x.shape[1], device=x.device).view(1, -1, 1, 1)
-    return padded[batch, channels, rows, cols]
+    # every crop window as a view (N x C x rows x cols x H x W); indexing picks one per image, whole rows at a time
+    windows = padded.unfold(2, h, 1).unfold(3, w, 1)
+    return windows[torch.arange(n, device=x.device), :, offsets[:, 0], offsets[:, 1]]
