@@ -130,8 +130,10 @@ class TrainState:
         """Count a finished epoch: its metrics record joins the history, and the best epoch on val is kept."""
         self.epoch, self.partial = record["epoch"], None
         self.history.append(record)
-        if "val_error" in record and (self.best["val_error"] is None or record["val_error"] < self.best["val_error"]):
-            self.best = {"val_error": record["val_error"], "epoch": record["epoch"], "test_error": record["test_error"]}
+        best = self.best["val_error"]
+        if "val_error" in record and (best is None or record["val_error"] < best):
+            self.best = {"val_error": record["val_error"], "epoch": record["epoch"],
+                         "test_error": record["test_error"]}
 
 
 def train_run(cfg: DictConfig, out_dir: Path, overrides: list[str] = (), group: str = "") -> dict:
