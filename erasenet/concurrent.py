@@ -11,16 +11,20 @@ the sum of the members' losses gives each member its own gradient.
 
 Each member keeps its own data order and augmentation (its own seed's
 ``TensorLoader``) and writes its own ordinary run directory, exactly as if it had
-run alone; evaluation copies a member's weights into a plain model and uses
-``engine.evaluate``.
+run alone: each member is a ``run.Run`` view of the batch (its own plain model,
+loader and directory, the shared stacked optimizer), so its epoch records,
+checkpoints (its own slice of the optimizer state), logs and ``result.json`` come
+from the same functions as a single run's. Evaluation copies a member's weights
+into its plain model and uses ``engine.evaluate``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
-import json
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -29,13 +33,16 @@ import torch.nn as nn
 from omegaconf import DictConfig, OmegaConf
 from torch.func import functional_call, stack_module_state, vmap
 
-from .accel import accel_record, build_accel, prepare_model, to_channels_last
-from .checkpoint import save_checkpoint, save_json
+from .accel import build_accel, prepare_model, to_channels_last
+from .checkpoint import check_writable, list_checkpoints
+from .config import IMAGE_FOLDER_DATASETS
 from .data import TensorLoader, build_loaders
-from .engine import NonFiniteLoss, build_optimizer, build_scheduler, evaluate, resolve_device, train_one_epoch
-from .erase import EraseRecord
+from .distributed import Dist
+from .engine import NonFiniteLoss, build_optimizer, build_scheduler, resolve_device, train_one_epoch
 from .errors import UserError
-from .run import build_model, library_versions, progress_enabled, seed_everything
+from .run import (Run, RunFiles, TrainState, build_model, checkpoint_state, configure_torch, count_macs, disk_needed,
+                  epoch_record, finished_result, make_result, process_schedule, progress_enabled, seed_everything,
+                  train_run)
 
 log = logging.getLogger("erasenet")
 
@@ -112,61 +119,6 @@ def with_seed(loader: TensorLoader, seed: int) -> TensorLoader:
     return other
 
 
-class MemberFiles:
-    """A member's run directory: the same files, in the same format, as ``run.train_run`` writes."""
-
-    def __init__(self, cfg: DictConfig, out_dir: Path, record: EraseRecord):
-        self.out_dir = Path(out_dir)
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        self.log = logging.getLogger(f"erasenet.seed{cfg.seed}")
-        self.log.propagate = False
-        self.log.setLevel(logging.INFO)
-        self.handler = logging.FileHandler(self.out_dir / "train.log")
-        self.handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
-        self.log.addHandler(self.handler)
-        self.writer = None
-        if cfg.trainer.tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.writer = SummaryWriter(str(self.out_dir / "tb"))
-            self.writer.add_text("config", "```\n" + OmegaConf.to_yaml(cfg) + "\n```")
-            self.writer.add_text("erase", record.summary())
-        (self.out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-        self.metrics = open(self.out_dir / "metrics.jsonl", "w")
-        self.best = {"val_error": None, "epoch": None, "test_error": None}
-        self.last: dict = {}
-
-    def epoch(self, epoch: int, epochs: int, lr: float, train: dict, evals: dict) -> None:
-        last = {"epoch": epoch + 1, "lr": lr, "train_loss": train["loss"], "train_error": train["error"],
-                "images_per_s": train["images_per_s"], "seconds": train["seconds"]}
-        for split, m in evals.items():
-            last[f"{split}_loss"], last[f"{split}_error"] = m["loss"], m["error"]
-        if "val" in evals and (self.best["val_error"] is None or evals["val"]["error"] < self.best["val_error"]):
-            self.best = {"val_error": evals["val"]["error"], "epoch": epoch + 1, "test_error": evals["test"]["error"]}
-        self.metrics.write(json.dumps(last) + "\n")
-        self.metrics.flush()
-        if self.writer:
-            for key, value in last.items():
-                if key != "epoch":
-                    self.writer.add_scalar(key.replace("_", "/", 1) if "_" in key else key, value, epoch + 1)
-        self.log.info("epoch %d/%d  lr %.4g  train loss %.3f err %.2f%%  %s  %.1fs (%.0f img/s)", epoch + 1, epochs,
-                      lr, train["loss"], train["error"],
-                      "  ".join(f"{k} err {m['error']:.2f}%" for k, m in evals.items()), train["seconds"],
-                      train["images_per_s"])
-        self.last = last
-
-    def close(self) -> None:
-        self.metrics.close()
-        if self.writer:
-            self.writer.close()
-        self.log.removeHandler(self.handler)
-        self.handler.close()
-
-
-def _member_slice(train: dict, k: int) -> dict:
-    return {**train, "loss": train["loss"][k], "error": train["error"][k]}
-
-
 def check_members(cfgs: Sequence[DictConfig]) -> None:
     """Members must differ in their seed only."""
     def strip(c: DictConfig) -> dict:
@@ -181,31 +133,85 @@ def check_members(cfgs: Sequence[DictConfig]) -> None:
                         "the seeds of each configuration.")
 
 
+
+
+@dataclass
+class Member:
+    """One seed of a batch: a view of the batch as that seed's own run (its plain model, its loader, its
+    directory), its progress, its files and its log."""
+
+    run: Run
+    state: TrainState
+    files: RunFiles
+    config: dict
+    log: logging.Logger
+    overrides: list[str]
+    group: str
+
+
 def train_concurrent(cfgs: Sequence[DictConfig], out_dirs: Sequence[Path], overrides: Sequence[list[str]] = (),
                      groups: Sequence[str] = ()) -> list[dict]:
-    """Train the seeds ``cfgs`` (equal but for ``seed``) together; write and return each one's ``result.json``."""
-    start = time.perf_counter()
-    check_members(cfgs)
-    cfg, k_members = cfgs[0], len(cfgs)
-    overrides = list(overrides) or [[] for _ in cfgs]
-    groups = list(groups) or ["" for _ in cfgs]
-    if cfg.trainer.num_threads > 0:
-        torch.set_num_threads(cfg.trainer.num_threads)
-    torch.backends.cudnn.deterministic = cfg.trainer.deterministic
-    torch.backends.cudnn.benchmark = not cfg.trainer.deterministic
-    device = resolve_device(cfg.trainer.device)
-    d, s = cfg.dataset, cfg.schedule
+    """Train the seeds ``cfgs`` (equal but for ``seed``) together; write and return each one's ``result.json``.
 
+    A seed whose run directory already holds its result (``trainer.skip_finished``) or checkpoints to continue
+    from (``trainer.resume=auto``) goes through ``run.train_run`` alone, which returns or resumes it; so does a
+    seed left on its own, and every seed of an ImageFolder dataset. The rest train together.
+    """
+    check_members(cfgs)
+    out_dirs = [Path(out) for out in out_dirs]
+    overrides = [list(o) for o in overrides] or [[] for _ in cfgs]
+    groups = list(groups) or ["" for _ in cfgs]
+    together = [k for k, (c, out) in enumerate(zip(cfgs, out_dirs))
+                if c.dataset.name not in IMAGE_FOLDER_DATASETS and not begun(c, out)]
+    results = {}
+    if len(together) > 1:
+        results = dict(zip(together, train_together([cfgs[k] for k in together], [out_dirs[k] for k in together],
+                                                    [overrides[k] for k in together], [groups[k] for k in together])))
+    for k, (c, out) in enumerate(zip(cfgs, out_dirs)):
+        if k not in results:
+            with log_file(log, out):
+                results[k] = train_run(c, out, overrides[k], groups[k])
+    return [results[k] for k in range(len(cfgs))]
+
+
+def begun(cfg: DictConfig, out_dir: Path) -> bool:
+    """Whether ``out_dir`` holds checkpoints to resume or the finished result of this config."""
+    if cfg.trainer.resume == "never":
+        return False
+    return bool(list_checkpoints(out_dir)) or (
+        cfg.trainer.skip_finished and finished_result(out_dir, OmegaConf.to_container(cfg, resolve=True)) is not None)
+
+
+@contextlib.contextmanager
+def log_file(logger: logging.Logger, out_dir: Path) -> Iterator[logging.Logger]:
+    """Also write ``logger``'s records to ``out_dir/train.log``, where a run launched alone logs."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(out_dir / "train.log")
+    handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
+    logger.addHandler(handler)
+    try:
+        yield logger
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
+
+
+def train_together(cfgs: Sequence[DictConfig], out_dirs: Sequence[Path], overrides: Sequence[list[str]],
+                   groups: Sequence[str]) -> list[dict]:
+    """Train fresh seeds as one stacked model; each member's directory gets what ``train_run`` writes alone."""
+    start = time.perf_counter()
+    cfg, k_members, seeds = cfgs[0], len(cfgs), [c.seed for c in cfgs]
+    configure_torch(cfg.trainer)
+    device = resolve_device(cfg.trainer.device)
+    d, s = cfg.dataset, process_schedule(cfg.schedule, 1)
     train0, eval_loaders, sizes = build_loaders(d, s, device=device, seed=cfg.seed)
-    loader = StackedLoader([train0] + [with_seed(train0, c.seed) for c in cfgs[1:]])
     models, records = [], []
     for c in cfgs:  # the same construction order as train_run: each member starts from its own seed's weights
         seed_everything(c.seed)
         model, record = build_model(c)
         models.append(model.to(device))
         records.append(record)
-    params = sum(p.numel() for p in models[0].parameters())
-    seeds = [c.seed for c in cfgs]
+    params, macs = sum(p.numel() for p in models[0].parameters()), count_macs(cfg)
     log.info("%s x %d seeds (%s) trained together: %s parameters each on %s; train/val/test = %d/%d/%d images",
              cfg.model.name, k_members, ", ".join(map(str, seeds)), f"{params:,}", device, sizes["train"],
              sizes["val"], sizes["test"])
@@ -218,65 +224,73 @@ def train_concurrent(cfgs: Sequence[DictConfig], out_dirs: Sequence[Path], overr
     for model in models:
         to_channels_last(model, accel)
     optimizer = build_optimizer(stack, s)
-    scheduler = build_scheduler(optimizer, s, len(loader))
-    files = [MemberFiles(c, out, r) for c, out, r in zip(cfgs, out_dirs, records)]
-    for f, r in zip(files, records):
-        f.log.info("%s: %s parameters on %s, trained together with seeds %s; train/val/test = %d/%d/%d images",
-                   cfg.model.name, f"{params:,}", device, seeds, sizes["train"], sizes["val"], sizes["test"])
-        f.log.info(r.summary())
-        f.log.info("%s, compile %s", accel.describe(), "on" if net.compiled else "off")
-
-    status, failure = "ok", None
-    progress = progress_enabled(cfg.trainer.progress)
-    try:
-        for epoch in range(s.epochs):
-            loader.set_epoch(epoch)
-            lr = optimizer.param_groups[0]["lr"]
-            try:
-                train = train_one_epoch(net.module, loader, optimizer, scheduler, epoch=epoch, progress=progress,
-                                        accel=accel)
-            except NonFiniteLoss as err:
-                status, failure = "failed", f"{err} (in one of the seeds {seeds}, trained together)"
-                log.error("%s; stopping these runs.", failure)
-                break
-            errors = []
-            for k, (model, f) in enumerate(zip(models, files)):
-                stack.copy_into(k, model)
-                evals = {n: evaluate(model, ld, accel=accel) for n, ld in eval_loaders.items() if ld is not None}
-                f.epoch(epoch, s.epochs, lr, _member_slice(train, k), evals)
-                errors.append(evals.get("val", evals["test"])["error"])
-            log.info("epoch %d/%d  lr %.4g  %s err per seed %s  %.1fs (%.0f img/s per seed, %d seeds)", epoch + 1,
-                     s.epochs, lr, "val" if eval_loaders.get("val") else "test",
-                     " ".join(f"{e:.2f}" for e in errors), train["seconds"], train["images_per_s"], k_members)
-    finally:
-        for f in files:
-            f.close()
-
-    seconds = (time.perf_counter() - start) / k_members
-    results = []
-    for k, (c, f, record, model) in enumerate(zip(cfgs, files, records, models)):
-        if c.trainer.checkpoint and status == "ok":
-            save_checkpoint(f.out_dir / "checkpoint.pt", {
-                "model": model.state_dict(), "optimizer": member_optimizer_state(optimizer, k),
-                "scheduler": scheduler.state_dict(), "epoch": s.epochs,
-                "config": OmegaConf.to_container(c, resolve=True), "erase": record.as_dict()})
-        last, best = f.last, f.best
-        result = {
-            "status": status, "failure": failure, "seed": c.seed, "model": c.model.name, "dataset": d.name,
-            "group": groups[k], "overrides": list(overrides[k]), "epochs": last.get("epoch", 0),
-            "test_error": last.get("test_error"), "test_loss": last.get("test_loss"),
-            "val_error": last.get("val_error"), "train_error": last.get("train_error"),
-            "best_val_error": best["val_error"], "best_epoch": best["epoch"],
-            "test_error_at_best_val": best["test_error"],
-            "selection": "best epoch on val, test reported" if sizes["val"] else "none (dataset.val_size=0)",
-            "splits": sizes,
-            "params": params, "erased": record.sites, "erase": record.as_dict(), "device": str(device),
-            "seconds": seconds, "versions": library_versions(),
-            "accel": accel_record(accel, net), "concurrent": {"seeds": seeds, "wall_seconds": seconds * k_members},
-        }
-        save_json(f.out_dir / "result.json", result)
-        results.append(result)
+    scheduler = build_scheduler(optimizer, s, len(train0))
+    t = cfg.trainer
+    with contextlib.ExitStack() as exits:
+        members = []
+        for c, out, model, record, o, g in zip(cfgs, out_dirs, models, records, overrides, groups):
+            run = Run(c, out, Dist(), device, net.module, model, record, optimizer, scheduler,
+                      with_seed(train0, c.seed), eval_loaders, sizes, params, macs, accel, net)
+            check_writable(out, disk_needed(run))
+            member_log = logging.getLogger(f"erasenet.seed{c.seed}")
+            member_log.propagate, member_log.level = False, logging.INFO  # its own train.log, not the console
+            exits.enter_context(log_file(member_log, out))
+            files = RunFiles(out, enabled=True, tensorboard=t.tensorboard)
+            exits.callback(files.close)
+            state = TrainState()
+            files.open(c, record, state)
+            member_log.info("%s: %s parameters on %s, trained together with seeds %s; train/val/test = %d/%d/%d "
+                            "images", cfg.model.name, f"{params:,}", device, seeds, sizes["train"], sizes["val"],
+                            sizes["test"])
+            member_log.info(record.summary())
+            member_log.info("%s, compile %s", accel.describe(), "on" if net.compiled else "off")
+            members.append(Member(run, state, files, OmegaConf.to_container(c, resolve=True), member_log, o, g))
+        status, failure = fit_together(members, stack, net.module, start)
+        wall = time.perf_counter() - start
+        results = []
+        for m in members:
+            result = make_result(m.run, m.state, status, failure, m.config, m.overrides, m.group,
+                                 seconds=wall / k_members)
+            result["concurrent"] = {"seeds": seeds, "wall_seconds": wall}
+            m.files.write_result(result, m.run.cfg, m.overrides)
+            results.append(result)
     log.info("done: seeds %s, test error %s%% -> %s", seeds,
              " ".join("n/a" if r["test_error"] is None else f"{r['test_error']:.2f}" for r in results),
              Path(out_dirs[0]).parent)
     return results
+
+
+def fit_together(members: Sequence[Member], stack: StackedModels, net: nn.Module,
+                 start: float) -> tuple[str, str | None]:
+    """Train the stack for every epoch; after each, each member evaluates, logs and checkpoints as ``run.fit``
+    does. The status (``ok``/``failed``) and the failure, if any."""
+    first = members[0].run
+    optimizer, t, epochs = first.optimizer, first.cfg.trainer, first.cfg.schedule.epochs
+    loader = StackedLoader([m.run.train_loader for m in members])
+    seeds = [m.run.cfg.seed for m in members]
+    for epoch in range(epochs):
+        loader.set_epoch(epoch)
+        try:
+            train = train_one_epoch(net, loader, optimizer, first.scheduler, epoch=epoch,
+                                    progress=progress_enabled(t.progress), accel=first.accel)
+        except NonFiniteLoss as err:
+            failure = f"{err} (in one of the seeds {seeds}, trained together)"
+            log.error("%s; stopping these runs (their last good checkpoints are kept).", failure)
+            return "failed", failure
+        seconds = (time.perf_counter() - start) / len(members)
+        records = []
+        for k, m in enumerate(members):
+            stack.copy_into(k, m.run.module)
+            record = epoch_record(m.run, epoch, {**train, "loss": train["loss"][k], "error": train["error"][k]},
+                                  logger=m.log)
+            m.state.finish_epoch(record)
+            m.files.log_epoch(record)
+            if t.checkpoint:
+                m.files.save_checkpoint(checkpoint_state(m.run, m.state, m.config, seconds,
+                                                         member_optimizer_state(optimizer, k)), t.keep_checkpoints)
+            records.append(record)
+        split = "val" if "val_error" in records[0] else "test"
+        log.info("epoch %d/%d  lr %.4g  %s err per seed %s  %.1fs (%.0f img/s per seed, %d seeds)", epoch + 1,
+                 epochs, records[0]["lr"], split, " ".join(f"{r[f'{split}_error']:.2f}" for r in records),
+                 train["seconds"], train["images_per_s"], len(members))
+    return "ok", None

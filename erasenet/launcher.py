@@ -10,6 +10,7 @@ its ordinary run directory (``.hydra/``, ``result.json``, ...) and the sweep its
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 from typing import Sequence
 
@@ -19,6 +20,7 @@ from omegaconf import DictConfig, open_dict
 
 from .config import check_config
 from .errors import UserError
+from .preemption import Interrupted
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +96,9 @@ class ConcurrentLauncher(BasicLauncher):
 
         try:
             results = train_concurrent(*map(list, zip(*prepared)))
+        except Interrupted as err:  # a seed resumed alone was stopped: its checkpoint is written, as in train.main
+            print(f"\n{err}\n", file=sys.stderr)
+            sys.exit(0)
         except UserError as err:
             refuse(err)
         for ret, result in zip(returns, results):

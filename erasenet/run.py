@@ -126,6 +126,15 @@ class TrainState:
     history: list[dict] = field(default_factory=list)  # metrics.jsonl, one record per finished epoch
     seconds: float = 0.0  # training time of earlier sessions of this run
 
+    def finish_epoch(self, record: dict) -> None:
+        """Count a finished epoch: its metrics record joins the history, and the best epoch on val is kept."""
+        self.epoch, self.partial = record["epoch"], None
+        self.history.append(record)
+        best = self.best["val_error"]
+        if "val_error" in record and (best is None or record["val_error"] < best):
+            self.best = {"val_error": record["val_error"], "epoch": record["epoch"],
+                         "test_error": record["test_error"]}
+
 
 def train_run(cfg: DictConfig, out_dir: Path, overrides: list[str] = (), group: str = "") -> dict:
     """Train one configuration into ``out_dir``; return (and write) its ``result.json`` record.
@@ -266,11 +275,13 @@ def resume(run: Run, config: dict) -> TrainState:
     return TrainState(ckpt["epoch"], partial, ckpt["best"], ckpt["history"], ckpt["seconds"])
 
 
-def checkpoint_state(run: Run, state: TrainState, config: dict, seconds: float) -> dict:
-    """What a checkpoint holds; ``state.partial`` must already hold the totals over all ranks."""
+def checkpoint_state(run: Run, state: TrainState, config: dict, seconds: float,
+                     optimizer_state: dict | None = None) -> dict:
+    """What a checkpoint holds; ``state.partial`` must already hold the totals over all ranks.
+    ``optimizer_state`` stands in for ``run.optimizer``'s (a member of a stack of models has its own slice)."""
     partial = state.partial
     return {
-        "model": run.module.state_dict(), "optimizer": run.optimizer.state_dict(),
+        "model": run.module.state_dict(), "optimizer": optimizer_state or run.optimizer.state_dict(),
         "scheduler": run.scheduler.state_dict(), "epoch": state.epoch, "step": partial.step if partial else 0,
         "partial": {"loss_sum": partial.loss_sum.detach().cpu(), "wrong": partial.wrong.cpu(),
                     "count": partial.count} if partial else None,
@@ -317,12 +328,7 @@ def fit(run: Run, state: TrainState, files: "RunFiles", config: dict) -> tuple[s
                 return "failed", str(err)
             if record is None:
                 raise interrupted(stop, run)
-            state.epoch, state.partial = epoch + 1, None
-            state.history.append(record)
-            if "val_error" in record and (state.best["val_error"] is None
-                                          or record["val_error"] < state.best["val_error"]):
-                state.best = {"val_error": record["val_error"], "epoch": epoch + 1,
-                              "test_error": record["test_error"]}
+            state.finish_epoch(record)
             files.log_epoch(record)  # before the checkpoint: a kill in between repeats the epoch, loses nothing
             save()
             if distributed.any_rank([stop.received is not None], run.device)[0]:
@@ -348,24 +354,30 @@ def interrupted(stop: StopSignals, run: Run) -> Interrupted:
 def run_epoch(run: Run, epoch: int, partial: EpochState | None, after_step: Callable[[EpochState], bool],
               reduce: Reduce | None, progress: bool) -> dict | None:
     """Train one epoch (from ``partial`` on) and evaluate; the epoch's metrics record, or None if stopped."""
-    s = run.cfg.schedule
     run.train_loader.set_epoch(epoch, start_batch=partial.step if partial else 0)
-    # the lr of the epoch's first step, as LambdaLR computes it (also when the epoch resumes in its middle)
-    lr = run.scheduler.base_lrs[0] * run.scheduler.lr_lambdas[0](epoch * len(run.train_loader))
     train = train_one_epoch(run.model, run.train_loader, run.optimizer, run.scheduler, epoch=epoch,
                             progress=progress, state=partial, after_step=after_step, reduce=reduce, accel=run.accel)
     if train is None:
         return None
     distributed.sync_buffers(run.module)  # BN statistics of rank 0, as the checkpoint holds them
+    return epoch_record(run, epoch, train, reduce)
+
+
+def epoch_record(run: Run, epoch: int, train: dict, reduce: Reduce | None = None,
+                 logger: logging.Logger = log) -> dict:
+    """Evaluate ``run.module`` after the trained ``epoch`` (``train``: its totals); log and return its record."""
+    # the lr of the epoch's first step, as LambdaLR computes it (also when the epoch resumed in its middle)
+    lr = run.scheduler.base_lrs[0] * run.scheduler.lr_lambdas[0](epoch * len(run.train_loader))
     evals = {k: evaluate(run.module, loader, reduce, accel=run.accel)
              for k, loader in run.eval_loaders.items() if loader is not None}
     record = {"epoch": epoch + 1, "lr": lr, "train_loss": train["loss"], "train_error": train["error"],
               "images_per_s": train["images_per_s"], "seconds": train["seconds"]}
     for split, m in evals.items():
         record[f"{split}_loss"], record[f"{split}_error"] = m["loss"], m["error"]
-    log.info("epoch %d/%d  lr %.4g  train loss %.3f err %.2f%%  %s  %.1fs (%.0f img/s)", epoch + 1, s.epochs,
-             lr, train["loss"], train["error"], "  ".join(f"{k} err {m['error']:.2f}%" for k, m in evals.items()),
-             train["seconds"], train["images_per_s"])
+    logger.info("epoch %d/%d  lr %.4g  train loss %.3f err %.2f%%  %s  %.1fs (%.0f img/s)", epoch + 1,
+                run.cfg.schedule.epochs, lr, train["loss"], train["error"],
+                "  ".join(f"{k} err {m['error']:.2f}%" for k, m in evals.items()), train["seconds"],
+                train["images_per_s"])
     return record
 
 

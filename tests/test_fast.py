@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from conftest import run_cli
 from erasenet.accel import Accel, compile_model, to_channels_last
+from erasenet.checkpoint import list_checkpoints, load_checkpoint
 from erasenet.concurrent import StackedLoader, StackedModels, member_optimizer_state, with_seed
 from erasenet.data import TensorLoader
 from erasenet.data.digits import load_digits_splits
@@ -177,35 +178,56 @@ def test_plan_batches_groups_seeds_of_one_configuration():
 
 
 def test_concurrent_sweep_writes_ordinary_runs_like_runs_alone(tmp_path, make_cfg):
-    tiny = ("dataset=digits", "schedule=quick", "schedule.epochs=1", "schedule.batch_size=128", "schedule.lr=0.02",
-            "trainer.tensorboard=false")
+    tiny = ("dataset=digits", "schedule=quick", "schedule.epochs=1", "schedule.batch_size=128", "schedule.lr=0.02")
     proc = run_cli("-m", *tiny, "name=together", "seed=0,1", "trainer.concurrent=2", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "trained together" in proc.stderr + proc.stdout
     sweep = tmp_path / "multirun" / "together"
     results = {r["seed"]: r for r in find_results(sweep)}
     assert sorted(results) == [0, 1] and all(r["concurrent"]["seeds"] == [0, 1] for r in results.values())
-    alone = train_run(make_cfg(*tiny, "seed=1"), tmp_path / "alone", group=results[1]["group"])
-    together = results[1]
-    run_dir = Path(together["_dir"])
-    assert run_dir.name.endswith("seed=1,trainer.tensorboard=False")
-    assert run_dir.is_dir() and (run_dir / ".hydra" / "overrides.yaml").is_file()
-    assert {p.name for p in (tmp_path / "alone").iterdir()} <= {p.name for p in run_dir.iterdir()}
-    assert set(alone) <= set(together)
+    alone_dir = tmp_path / "alone"
+    alone = train_run(make_cfg(*tiny, "name=together", "seed=1"), alone_dir, group=results[1]["group"])
+    together = results.pop(1)
+    run_dir = Path(together.pop("_dir"))
+    assert "seed=1" in run_dir.name and (run_dir / ".hydra" / "overrides.yaml").is_file()
+    # the same files as the seed run alone, plus what Hydra adds to every run directory
+    assert {p.name for p in run_dir.iterdir()} == {p.name for p in alone_dir.iterdir()} | {".hydra", "train.log"}
+    assert set(together) == set(alone) | {"concurrent"}
+    assert together["config"] == {**alone["config"], "trainer": {**alone["config"]["trainer"], "concurrent": 2}}
+    assert together["macs"] == alone["macs"] > 0 and together["processes"] == 1
+    assert {p.name for p in (run_dir / "tb").iterdir() if p.is_dir()} == {p.name for p in (alone_dir / "tb").iterdir()
+                                                                          if p.is_dir()}  # the HParams entry
+    assert "epoch 1/1" in (run_dir / "train.log").read_text()
     lines = [json.loads(s) for s in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    alone_lines = [json.loads(s) for s in (tmp_path / "alone" / "metrics.jsonl").read_text().splitlines()]
+    alone_lines = [json.loads(s) for s in (alone_dir / "metrics.jsonl").read_text().splitlines()]
     assert [set(m) for m in lines] == [set(m) for m in alone_lines]
     # float32 rounding differs between the batched and the single kernels and grows over SGD steps; the exact
     # equality is checked in float64 above; here the training losses have to agree closely (the test error after
     # ten steps is too unstable to compare)
     for m, a in zip(lines, alone_lines):
         assert m["train_loss"] == pytest.approx(a["train_loss"], rel=1e-2)
-    ours = torch.load(run_dir / "checkpoint.pt", weights_only=True)["model"]
-    theirs = torch.load(tmp_path / "alone" / "checkpoint.pt", weights_only=True)["model"]
-    assert ours.keys() == theirs.keys()
-    row, = summarize(results.values())
+    ours, theirs = list_checkpoints(run_dir), list_checkpoints(alone_dir)
+    assert [p.name for p in ours] == [p.name for p in theirs] == ["epoch0001.pt"]
+    ours, theirs = load_checkpoint(ours[-1]), load_checkpoint(theirs[-1])
+    assert ours.keys() == theirs.keys() and ours["model"].keys() == theirs["model"].keys()
+    assert ours["history"] == lines and ours["epoch"] == 1
+    assert [{k: v.shape for k, v in s.items()} for s in ours["optimizer"]["state"].values()] == \
+        [{k: v.shape for k, v in s.items()} for s in theirs["optimizer"]["state"].values()]
+    row, = summarize([together, results[0]])
     assert row["n"] == 2 and row["seeds"] == [0, 1] and "trainer.concurrent" not in row["config"]
     assert (sweep / "summary.md").is_file()
+
+    # Again with two more seeds: seed 0 is finished (skipped), seed 1 lost its result.json but has its checkpoint
+    # (continued alone), seeds 2 and 3 train together.
+    finished = (Path(results[0]["_dir"]) / "result.json").read_bytes()
+    (run_dir / "result.json").unlink()
+    proc = run_cli("-m", *tiny, "name=together", "seed=0,1,2,3", "trainer.concurrent=4", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    results = {r["seed"]: r for r in find_results(sweep)}
+    assert (Path(results[0]["_dir"]) / "result.json").read_bytes() == finished
+    assert "resuming from" in (run_dir / "train.log").read_text()
+    assert results[1]["test_error"] == together["test_error"] and "concurrent" not in results[1]
+    assert results[2]["concurrent"]["seeds"] == results[3]["concurrent"]["seeds"] == [2, 3]
 
 
 @pytest.mark.parametrize("args,expected", [
