@@ -49,13 +49,15 @@ def _caption(fig: Figure, text: str, common: str) -> None:
     fig.suptitle("\n".join(textwrap.wrap(text + (f"; all runs: {common}" if common else ""), width)), fontsize=9)
 
 
-def epoch_band(runs: list[list[dict]], key: str) -> tuple[list[int], list[float], list[float]]:
-    """Epochs where any run has ``key``, with the mean and sample std (0 for one run) over those runs."""
+def epoch_band(runs: list[list[dict]], key: str, log: bool = False) -> tuple[list[int], list[float], list[float]]:
+    """Epochs where any run has ``key``, with the mean and sample std (0 for one run) over those runs (of the
+    values' log10 with ``log``, where only positive finite values count)."""
     values: dict[int, list[float]] = {}
     for records in runs:
         for m in records:
-            if m.get(key) is not None:
-                values.setdefault(m["epoch"], []).append(m[key])
+            v = m.get(key)
+            if v is not None and (not log or 0 < v < math.inf):
+                values.setdefault(m["epoch"], []).append(math.log10(v) if log else v)
     epochs = sorted(values)
     means = [statistics.fmean(values[e]) for e in epochs]
     stds = [statistics.stdev(values[e]) if len(values[e]) > 1 else 0.0 for e in epochs]
@@ -71,14 +73,19 @@ def plot_curves(groups: dict[str, list[list[dict]]], path: Path) -> None:
         colour = f"C{i % 10}"
         for split, style in STYLES:
             for ax, metric in zip(axes, ("error", "loss")):
-                epochs, means, stds = epoch_band(runs, f"{split}_{metric}")
+                # losses span decades (early evaluations of a fresh BN net): their band is mean ± std of log10
+                log = metric == "loss"
+                epochs, means, stds = epoch_band(runs, f"{split}_{metric}", log=log)
                 if not epochs:
                     continue
+                low, high = [m - s for m, s in zip(means, stds)], [m + s for m, s in zip(means, stds)]
+                if log:
+                    means, low, high = ([10 ** v for v in vs] for vs in (means, low, high))
                 first = ax is axes[0] and split == "train"
                 ax.plot(epochs, means, style, color=colour, label=f"{label} (n={len(runs)})" if first else None)
-                ax.fill_between(epochs, [m - s for m, s in zip(means, stds)], [m + s for m, s in zip(means, stds)],
-                                color=colour, alpha=0.2, linewidth=0)
-    for ax, metric in zip(axes, ("error (%)", "loss")):
+                ax.fill_between(epochs, low, high, color=colour, alpha=0.2, linewidth=0)
+    axes[1].set_yscale("log")
+    for ax, metric in zip(axes, ("error (%)", "loss (geometric mean × ÷ std)")):
         ax.set_xlabel("epoch")
         ax.set_ylabel(metric)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
