@@ -54,6 +54,7 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
 # Resumable runs: a run directory keeps its newest checkpoints under checkpoints/, named so that names sort in
 # training order: epoch0003.pt after three epochs, epoch0003_step000120.pt 120 steps into the fourth.
 
+UNREADABLE_DIR = "unreadable_checkpoints"
 CHECKPOINT_DIR = "checkpoints"
 FORMAT = 1
 # The parts of a config that define the experiment: a checkpoint or result.json from a config that differs in
@@ -86,7 +87,8 @@ def save_run_checkpoint(run_dir: Path, state: dict, keep: int) -> Path:
 
 
 def load_latest(run_dir: Path, map_location: str | torch.device = "cpu") -> tuple[dict, Path] | None:
-    """The newest checkpoint that loads; truncated or corrupt ones are skipped with a warning."""
+    """The newest checkpoint that loads; truncated or corrupt ones are skipped with a warning and moved, unchanged,
+    to ``unreadable_checkpoints/`` (kept for inspection, out of the way of the run's own checkpoints)."""
     for path in reversed(list_checkpoints(run_dir)):
         try:
             state = load_checkpoint(path, map_location)
@@ -94,8 +96,11 @@ def load_latest(run_dir: Path, map_location: str | torch.device = "cpu") -> tupl
                 raise ValueError("not a checkpoint of this format")
             return state, path
         except Exception as err:  # a half-written or damaged file can fail in many ways; any is a skip
-            log.warning("skipping unreadable checkpoint %s (%s: %s); trying the previous one", path,
-                        type(err).__name__, str(err).splitlines()[0][:200] if str(err) else "")
+            kept = Path(run_dir) / UNREADABLE_DIR / path.name
+            kept.parent.mkdir(exist_ok=True)
+            os.replace(path, kept)
+            log.warning("skipping unreadable checkpoint %s (%s: %s), kept as %s; trying the previous one", path,
+                        type(err).__name__, str(err).splitlines()[0][:200] if str(err) else "", kept)
     return None
 
 

@@ -132,6 +132,7 @@ def test_corrupt_checkpoint_falls_back_to_the_previous_one(tmp_path, make_cfg, c
         again = train_run(cfg, tmp_path)
     assert "skipping unreadable checkpoint" in caplog.text and "epoch0003.pt" in caplog.text
     assert "resuming from" in caplog.text and "epoch0002.pt (epoch 2, step 0)" in caplog.text
+    assert (tmp_path / "unreadable_checkpoints" / "epoch0003.pt").stat().st_size == 5000  # kept, not deleted
     assert all(torch.equal(final[k], v) for k, v in load_checkpoint(newest)["model"].items())
     assert {k: again[k] for k in ("test_error", "best_val_error", "train_error")} == \
         {k: first[k] for k in ("test_error", "best_val_error", "train_error")}
