@@ -140,8 +140,8 @@ def train_run(cfg: DictConfig, out_dir: Path, overrides: list[str] = (), group: 
     """Train one configuration into ``out_dir``; return (and write) its ``result.json`` record.
 
     A run whose ``result.json`` matches the config returns that record untrained (unless
-    ``trainer.resume=never``); one with checkpoints continues from the newest (``trainer.resume=auto``). A stop signal writes a checkpoint and raises
-    :class:`Interrupted`.
+    ``trainer.resume=never``); one with checkpoints continues from the newest (``trainer.resume=auto``).
+    A stop signal writes a checkpoint and raises :class:`Interrupted`.
     """
     out_dir = Path(out_dir)
     configure_torch(cfg.trainer)
