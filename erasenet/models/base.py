@@ -11,7 +11,7 @@ contract, never to a concrete architecture.
 
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch.nn as nn
 
@@ -52,6 +52,14 @@ def declared_sites(model: nn.Module) -> list[str]:
     entries = [(position[name], [f"{name}.{s}" for s in block.sites]) for name, block in iter_blocks(model)]
     entries += [(position[site], [site]) for site in fixed_sites(model)]
     return [s for _, sites in sorted(entries, key=lambda e: e[0]) for s in sites]
+
+
+def make_stage(make_block: Callable[[int, int], nn.Module], in_planes: int, planes: int, count: int,
+               downsample: bool) -> nn.Sequential:
+    """``count`` blocks built by ``make_block(in_planes, stride)``: the first takes the previous stage's
+    ``in_planes`` (and stride 2 when the stage ``downsample``s), the rest take this stage's ``planes``."""
+    return nn.Sequential(*(make_block(in_planes if j == 0 else planes, 2 if downsample and j == 0 else 1)
+                           for j in range(count)))
 
 
 def init_weights(model: nn.Module) -> None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .base import Block, init_weights
+from .base import Block, init_weights, make_stage
 from .registry import register_model
 from .resnet_cifar import Head, Stem, blocks_per_stage
 from .residual import make_shortcut
@@ -61,16 +61,11 @@ class DFNMR(nn.Module):
     def __init__(self, blocks: int, width: int = 16, num_classes: int = 10, in_chans: int = 3):
         super().__init__()
         self.stem = Stem(in_chans, width)
-        in_planes, stages = width, []
-        for i in range(3):
-            planes = width * 2**i
-            stage = []
-            for j in range(blocks):
-                stage.append(MergeRunBlock(in_planes, planes, 2 if i > 0 and j == 0 else 1))
-                in_planes = planes
-            stages.append(nn.Sequential(*stage))
-        self.stages = nn.Sequential(*stages)
-        self.head = Head(in_planes, num_classes)
+        widths = [width * 2**i for i in range(3)]
+        self.stages = nn.Sequential(*(
+            make_stage(lambda cin, stride, planes=planes: MergeRunBlock(cin, planes, stride), cin, planes, blocks, i > 0)
+            for i, (cin, planes) in enumerate(zip([width] + widths[:-1], widths))))
+        self.head = Head(widths[-1], num_classes)
         init_weights(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

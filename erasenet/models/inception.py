@@ -15,7 +15,7 @@ from collections import OrderedDict
 import torch
 import torch.nn as nn
 
-from .base import Block, init_weights
+from .base import Block, init_weights, make_stage
 from .registry import register_model
 from .resnet_cifar import Head, Stem
 
@@ -54,15 +54,12 @@ class InceptionCifar(nn.Module):
                  in_chans: int = 3, stem_width: int = 64):
         super().__init__()
         self.stem = Stem(in_chans, stem_width)
-        in_planes, stages = stem_width, []
-        for i, base in enumerate(bases):
-            modules = []
-            for j in range(modules_per_stage):
-                modules.append(InceptionModule(in_planes, base, 2 if i > 0 and j == 0 else 1))
-                in_planes = 12 * base
-            stages.append(nn.Sequential(*modules))
-        self.stages = nn.Sequential(*stages)
-        self.head = Head(in_planes, num_classes)
+        outs = [12 * base for base in bases]  # a module's output: its branches' 1 : 8 : 2 : 1 shares of 12 * base
+        self.stages = nn.Sequential(*(
+            make_stage(lambda cin, stride, base=base: InceptionModule(cin, base, stride), cin, out, modules_per_stage,
+                       i > 0)
+            for i, (base, cin, out) in enumerate(zip(bases, [stem_width, *outs[:-1]], outs))))
+        self.head = Head(outs[-1], num_classes)
         init_weights(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

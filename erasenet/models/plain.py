@@ -12,7 +12,7 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
-from .base import Block, init_weights
+from .base import Block, init_weights, make_stage
 from .registry import register_model
 from .residual import ResidualBlock, apply_stochastic_depth, make_shortcut
 from .resnet_cifar import Head, Stem
@@ -61,15 +61,10 @@ class ModuleStack(nn.Module):
             raise ValueError(f"need at least one module in each of {len(widths)} stages, got {list(modules_per_stage)}")
         module = ResidualConvModule if residual else ConvModule
         self.stem = Stem(in_chans, widths[0])
-        in_planes, stages = widths[0], []
-        for i, (count, planes) in enumerate(zip(modules_per_stage, widths)):
-            modules = []
-            for j in range(count):
-                modules.append(module(in_planes, planes, 2 if i > 0 and j == 0 else 1))
-                in_planes = planes
-            stages.append(nn.Sequential(*modules))
-        self.stages = nn.Sequential(*stages)
-        self.head = Head(in_planes, num_classes)
+        self.stages = nn.Sequential(*(
+            make_stage(lambda cin, stride, planes=planes: module(cin, planes, stride), cin, planes, count, i > 0)
+            for i, (count, cin, planes) in enumerate(zip(modules_per_stage, [widths[0], *widths[:-1]], widths))))
+        self.head = Head(widths[-1], num_classes)
         if residual:
             apply_stochastic_depth(self, survival_prob)
         elif survival_prob != 1.0:

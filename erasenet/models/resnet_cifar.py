@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .base import init_weights
+from .base import init_weights, make_stage
 from .registry import register_model
 from .residual import BasicBlock, PadShortcut, apply_stochastic_depth, make_shortcut, residual_block
 
@@ -59,16 +59,13 @@ class CifarResNet(nn.Module):
         pre = form == "pre"
         self.fixed_sites = ("head.act",) if pre else ("stem.act",)
         self.stem = Stem(in_chans, stem_width, activate=not pre)
-        in_planes = stem_width
-        for i, planes in enumerate(widths):
-            blocks = []
-            for j in range(blocks_per_stage):
-                stride = 2 if i > 0 and j == 0 else 1
-                width = inner_widths[i] if inner_widths else None
-                blocks.append(residual_block(kind, form, in_planes, planes, stride, shortcut, dropout, width, groups))
-                in_planes = planes
-            self.add_module(f"layer{i + 1}", nn.Sequential(*blocks))
-        self.head = Head(in_planes, num_classes, activate=pre)
+        for i, (cin, planes) in enumerate(zip([stem_width, *widths[:-1]], widths)):
+            width = inner_widths[i] if inner_widths else None
+            self.add_module(f"layer{i + 1}", make_stage(
+                lambda c, stride, planes=planes, width=width: residual_block(kind, form, c, planes, stride, shortcut,
+                                                                            dropout, width, groups),
+                cin, planes, blocks_per_stage, i > 0))
+        self.head = Head(widths[-1], num_classes, activate=pre)
         apply_stochastic_depth(self, survival_prob)
         init_weights(self)
 

@@ -11,7 +11,7 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
-from .base import init_weights
+from .base import init_weights, make_stage
 from .registry import register_model
 from .residual import apply_stochastic_depth, residual_block
 
@@ -40,13 +40,11 @@ class ImageNetResNet(nn.Module):
         for i, count in enumerate(layers):
             planes = 64 * 2**i
             width = planes * width_per_group // 64 * groups
-            blocks = []
-            for j in range(count):
-                stride = 2 if i > 0 and j == 0 else 1
-                blocks.append(residual_block("bottleneck", form, in_planes, planes * 4, stride, "B", 0.0, width,
-                                             groups))
-                in_planes = planes * 4
-            self.add_module(f"layer{i + 1}", nn.Sequential(*blocks))
+            self.add_module(f"layer{i + 1}", make_stage(
+                lambda c, stride, planes=planes, width=width: residual_block("bottleneck", form, c, planes * 4, stride,
+                                                                            "B", 0.0, width, groups),
+                in_planes, planes * 4, count, i > 0))
+            in_planes = planes * 4
         if pre:
             self.bn_final = nn.BatchNorm2d(in_planes)
             self.relu_final = nn.ReLU(inplace=True)
