@@ -8,13 +8,14 @@ import sys
 import torch
 
 from conftest import REPO
+from erasenet.build import build_model, schedule_per_process
 from erasenet.checkpoint import list_checkpoints, load_checkpoint
 from erasenet.data import build_loaders
 from erasenet.data.loader import TensorLoader
 from erasenet.data.splits import Split
 from erasenet.distributed import first_host, launch_env
 from erasenet.engine import evaluate
-from erasenet.run import build_model, process_schedule, train_run
+from erasenet.run import train_run
 
 # no batch norm: per-process batch statistics would differ from one process's (SyncBatchNorm needs a GPU build);
 # val_size=181 leaves 1,256 training images (even) and an odd validation split, so ranks evaluate unequal shares
@@ -82,9 +83,9 @@ def test_global_batches_are_the_same_for_any_world_size():
 def test_batch_size_is_global_and_lr_scaling_explicit(make_cfg):
     s = make_cfg("schedule=quick", "schedule.batch_size=256").schedule
     assert (s.lr, s.base_batch_size) == (0.1, 64)
-    per = process_schedule(s, 4)
+    per = schedule_per_process(s, 4)
     assert (per.batch_size, per.eval_batch_size, per.lr) == (64, 250, 0.1)
-    scaled = process_schedule(make_cfg("schedule=quick", "schedule.batch_size=256",
+    scaled = schedule_per_process(make_cfg("schedule=quick", "schedule.batch_size=256",
                                        "schedule.lr_scaling=linear").schedule, 4)
     assert (scaled.batch_size, scaled.lr, scaled.warmup_lr) == (64, 0.4, 0.04)
 
