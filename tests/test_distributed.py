@@ -126,3 +126,13 @@ def test_ddp_trainer_without_a_launcher_is_one_process(tmp_path, make_cfg, caplo
     assert ddp["processes"] == 1
     assert {k: ddp[k] for k in ("test_error", "val_error", "train_error")} == \
         {k: plain[k] for k in ("test_error", "val_error", "train_error")}
+
+
+def test_ddp_trains_with_stochastic_depth(tmp_path):
+    """A dropped branch still gets a (zero) gradient, so DDP's reducer finishes every step."""
+    proc = torchrun("trainer=ddp", "dataset=digits", "schedule=quick", "schedule.epochs=1", "model=resnet",
+                    "model.depth=8", "model.survival_prob=0.5", "trainer.num_threads=1", "trainer.tensorboard=false",
+                    cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (result,) = [json.loads(p.read_text()) for p in tmp_path.rglob("result.json")]
+    assert result["processes"] == 2 and result["status"] == "ok" and result["epochs"] == 1
