@@ -165,12 +165,12 @@ TOGETHER = ("dataset=digits", "schedule=quick", "schedule.epochs=3", "schedule.m
             "model.width=32", "model.dropout=0.2", "trainer.tensorboard=false", "trainer.num_threads=1")
 
 
-def send_when_training(signum: int, directory: Path) -> threading.Thread:
-    """Send ``signum`` to this process once the runs under ``directory`` have opened their logs."""
+def send_when_training(signum: int, outside) -> threading.Thread:
+    """Send ``signum`` to this process once the training loop has taken over its handler from ``outside``."""
     def watch():
-        deadline = time.monotonic() + 120
-        while not list(directory.rglob("metrics.jsonl")) and time.monotonic() < deadline:
-            time.sleep(0.01)
+        deadline = time.monotonic() + 300
+        while signal.getsignal(signum) is outside and time.monotonic() < deadline:
+            time.sleep(0.005)
         os.kill(os.getpid(), signum)
 
     thread = threading.Thread(target=watch, daemon=True)
@@ -185,9 +185,19 @@ def test_stopped_concurrent_members_resume_bit_identical(tmp_path, make_cfg):
     cfgs = [make_cfg(*TOGETHER, f"trainer.check_every={steps}", f"seed={s}") for s in (0, 1)]
     reference = train_runs(cfgs, [tmp_path / "ref" / f"s{s}" for s in (0, 1)])
     dirs = [tmp_path / "stopped" / f"s{s}" for s in (0, 1)]
-    send_when_training(signal.SIGUSR1, tmp_path / "stopped")
-    with pytest.raises(Interrupted) as stop:
-        train_runs(cfgs, dirs)
+    received = []
+
+    def outside(signum, frame):  # stands for submitit's handler: the loop passes the signal on to it
+        received.append(signum)
+
+    before = signal.signal(signal.SIGUSR1, outside)
+    try:
+        send_when_training(signal.SIGUSR1, outside)
+        with pytest.raises(Interrupted) as stop:
+            train_runs(cfgs, dirs)
+    finally:
+        signal.signal(signal.SIGUSR1, before)
+    assert received == [signal.SIGUSR1]
     assert stop.value.exit_code == 128 + signal.SIGUSR1
     for d in dirs:
         assert list_checkpoints(d)[-1].name.endswith(f"_step0000{steps}.pt")  # the last step of an epoch
