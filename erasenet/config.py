@@ -1,5 +1,8 @@
 """Structured configs (the schema Hydra validates against) and ``check_config``.
 
+The schema gives types; the values come from one place each. A key that every option of its group sets
+(``conf/<group>/*.yaml``) is ``MISSING`` here; a default here is one that some options leave as it is.
+
 Everything here is import-light (no torch) so that a bad command line fails in
 well under a second.
 """
@@ -32,9 +35,9 @@ MODEL_META_KEYS = ("name", "warmup_iters")
 
 @dataclass
 class EraseConfig:
-    location: str = "last"  # last | first | all | a 1-based site index within each block
-    proportion: float = 0.0  # fraction of blocks erased, evenly spread from the first block
-    replace: str = "identity"  # identity (erase) | prelu
+    location: str = MISSING  # last | first | all | a 1-based site index within each block
+    proportion: float = MISSING  # fraction of blocks erased, evenly spread from the first block
+    replace: str = MISSING  # identity (erase) | prelu
 
 
 @dataclass
@@ -45,12 +48,12 @@ class DatasetConfig:
     num_classes: int = MISSING
     in_chans: int = MISSING
     image_size: int = MISSING
-    val_size: int = 0  # images held out of the training split for model selection
-    split_seed: int = 0  # fixes the train/val (and, for digits, test) split independently of the run seed
+    val_size: int = MISSING  # images held out of the training split for model selection
+    split_seed: int = MISSING  # fixes the train/val (and, for digits, test) split independently of the run seed
     crop_padding: int = 0  # random crop from zero padding of this many pixels (0: no crop)
-    flip: bool = False  # random horizontal flip
-    mean: list[float] = field(default_factory=list)  # per-channel, on the [0, 1] scale; empty: no normalisation
-    std: list[float] = field(default_factory=list)
+    flip: bool = MISSING  # random horizontal flip
+    mean: list[float] = MISSING  # per-channel, on the [0, 1] scale; empty: no normalisation
+    std: list[float] = MISSING
     # ImageFolder datasets (imagenet, imagenet_subset) only:
     path: str = ""  # the tree holding train/<class>/ and val/<class>/
     subset: float = 1.0  # fraction of each class's training images, nested across fractions (drawn with split_seed)
@@ -61,44 +64,44 @@ class DatasetConfig:
 
 @dataclass
 class ScheduleConfig:
-    epochs: int = 164
-    batch_size: int = 128  # the global batch: split evenly across DDP processes, never per process
-    eval_batch_size: int = 1000  # global as well
-    lr: float = 0.1
-    lr_scaling: str = "none"  # none | linear: lr and warmup_lr *= batch_size / base_batch_size (Goyal et al.)
-    base_batch_size: int = 128  # the batch size lr was tuned for (used by lr_scaling=linear only)
-    momentum: float = 0.9
-    nesterov: bool = False
-    weight_decay: float = 1e-4
-    milestones: list[int] = field(default_factory=lambda: [82, 123])  # epochs at which lr *= gamma
-    gamma: float = 0.1
-    warmup_iters: int = 0  # iterations trained at warmup_lr before the schedule starts
-    warmup_lr: float = 0.01
-    warmup: str = "constant"  # constant (He et al.) | linear (from warmup_lr up to lr)
+    epochs: int = MISSING
+    batch_size: int = MISSING  # the global batch: split evenly across DDP processes, never per process
+    eval_batch_size: int = MISSING  # global as well
+    lr: float = MISSING
+    lr_scaling: str = MISSING  # none | linear: lr and warmup_lr *= batch_size / base_batch_size (Goyal et al.)
+    base_batch_size: int = MISSING  # the batch size lr was tuned for (used by lr_scaling=linear only)
+    momentum: float = MISSING
+    nesterov: bool = MISSING
+    weight_decay: float = MISSING
+    milestones: list[int] = MISSING  # epochs at which lr *= gamma
+    gamma: float = MISSING
+    warmup_iters: int = MISSING  # iterations trained at warmup_lr before the schedule starts
+    warmup_lr: float = MISSING
+    warmup: str = MISSING  # constant (He et al.) | linear (from warmup_lr up to lr)
 
 
 @dataclass
 class TrainerConfig:
-    device: str = "auto"  # auto | cpu | cuda
-    progress: str = "auto"  # auto: a tqdm bar on a terminal unless $CI is set | on | off
-    num_threads: int = 0  # CPU threads for torch; 0 keeps torch's default
-    deterministic: bool = False  # cuDNN deterministic algorithms (slower)
-    checkpoint: bool = True  # write checkpoints/ at every epoch end (needed to resume)
-    checkpoint_every_min: float = 0.0  # also checkpoint within an epoch every this many minutes (0: off)
-    keep_checkpoints: int = 2  # newest checkpoints kept; older ones are deleted
-    resume: str = "auto"  # auto: continue from the newest valid checkpoint of the run directory | never
-    skip_finished: bool = True  # a run whose result.json matches the config is not trained again
-    check_every: int = 10  # steps between checks for a stop signal or a due checkpoint (a collective under DDP)
-    tensorboard: bool = True
-    distributed: bool = False  # DDP across the processes torchrun or Slurm started (trainer=ddp)
-    backend: str = "auto"  # auto (nccl on GPUs, gloo on CPUs) | nccl | gloo
-    sync_batchnorm: bool = False  # convert BatchNorm layers to SyncBatchNorm under DDP
-    amp: str = "auto"  # auto (bf16 on a GPU that has it, else fp16; off on the CPU) | bf16 | fp16 | off
-    channels_last: bool = False  # NHWC memory format for weights and inputs
-    compile: bool = False  # torch.compile the model (compiled up front, eager fallback on failure)
-    compile_backend: str = "inductor"
-    compile_mode: str = "default"  # default | reduce-overhead | max-autotune | max-autotune-no-cudagraphs
-    concurrent: int = 1  # in a multirun, train up to this many seeds of one configuration together
+    device: str = MISSING  # auto | cpu | cuda
+    progress: str = MISSING  # auto: a tqdm bar on a terminal unless $CI is set | on | off
+    num_threads: int = MISSING  # CPU threads for torch; 0 keeps torch's default
+    deterministic: bool = MISSING  # cuDNN deterministic algorithms (slower)
+    checkpoint: bool = MISSING  # write checkpoints/ at every epoch end (needed to resume)
+    checkpoint_every_min: float = MISSING  # also checkpoint within an epoch every this many minutes (0: off)
+    keep_checkpoints: int = MISSING  # newest checkpoints kept; older ones are deleted
+    resume: str = MISSING  # auto: continue from the newest valid checkpoint of the run directory | never
+    skip_finished: bool = MISSING  # a run whose result.json matches the config is not trained again
+    check_every: int = MISSING  # steps between checks for a stop signal or a due checkpoint (a collective under DDP)
+    tensorboard: bool = MISSING
+    distributed: bool = MISSING  # DDP across the processes torchrun or Slurm started (trainer=ddp)
+    backend: str = MISSING  # auto (nccl on GPUs, gloo on CPUs) | nccl | gloo
+    sync_batchnorm: bool = MISSING  # convert BatchNorm layers to SyncBatchNorm under DDP
+    amp: str = MISSING  # auto (bf16 on a GPU that has it, else fp16; off on the CPU) | bf16 | fp16 | off
+    channels_last: bool = MISSING  # NHWC memory format for weights and inputs
+    compile: bool = MISSING  # torch.compile the model (compiled up front, eager fallback on failure)
+    compile_backend: str = MISSING
+    compile_mode: str = MISSING  # default | reduce-overhead | max-autotune | max-autotune-no-cudagraphs
+    concurrent: int = MISSING  # in a multirun, train up to this many seeds of one configuration together
 
 
 @dataclass
@@ -119,8 +122,8 @@ class Config:
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
-    seed: int = 0
-    name: str = "default"  # groups output directories: runs/<name>/..., multirun/<name>/...
+    seed: int = MISSING
+    name: str = MISSING  # groups output directories: runs/<name>/..., multirun/<name>/...
     paper: PaperConfig = field(default_factory=PaperConfig)  # the published number a preset should land near
 
 

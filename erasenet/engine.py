@@ -58,6 +58,7 @@ class EpochState:
     loss_sum: torch.Tensor
     wrong: torch.Tensor
     count: int  # samples seen (per member)
+    seconds: float = 0.0  # training time of the epoch so far, over all sessions
 
     @classmethod
     def fresh(cls, device: torch.device) -> "EpochState":
@@ -65,8 +66,26 @@ class EpochState:
 
     def sums(self) -> torch.Tensor:
         """Loss sum, wrong, count as one float64 tensor (what ranks sum up)."""
-        return torch.stack([self.loss_sum.double(), self.wrong.double(),
-                            torch.tensor(float(self.count), dtype=torch.float64, device=self.loss_sum.device)])
+        count = torch.full_like(self.loss_sum, float(self.count), dtype=torch.float64)
+        return torch.stack([self.loss_sum.double(), self.wrong.double(), count])
+
+    def to(self, device: torch.device) -> "EpochState":
+        return EpochState(self.step, self.loss_sum.to(device), self.wrong.to(device), self.count, self.seconds)
+
+    def member(self, k: int) -> "EpochState":
+        """Member ``k``'s part of a stack's epoch (the epoch itself when the sums are scalars)."""
+        if self.loss_sum.dim() == 0:
+            return self
+        return EpochState(self.step, self.loss_sum[k], self.wrong[k], self.count, self.seconds)
+
+    @classmethod
+    def stacked(cls, members: list["EpochState"]) -> "EpochState":
+        """The epoch of a stack from its members' (all at one step); a single member's stays scalar."""
+        if len(members) == 1:
+            return members[0]
+        first = members[0]
+        return cls(first.step, torch.stack([m.loss_sum for m in members]), torch.stack([m.wrong for m in members]),
+                   first.count, first.seconds)
 
 
 Reduce = Callable[[torch.Tensor], torch.Tensor]
@@ -79,7 +98,7 @@ def member_losses(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer,
                     scheduler: torch.optim.lr_scheduler.LRScheduler, *, epoch: int, progress: bool = False,
-                    check_every: int = 50, state: EpochState | None = None,
+                    finite_check_every: int = 50, state: EpochState | None = None,
                     after_step: Callable[[EpochState], bool] | None = None,
                     reduce: Reduce | None = None, accel: Accel | None = None) -> dict | None:
     """One pass over ``loader``; loss and error (%) summed on the device and read once at the end.
@@ -94,8 +113,7 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
     device = next(model.parameters()).device
     accel = accel or Accel(device)
     state = state or EpochState.fresh(device)
-    images_before = state.count
-    start = time.perf_counter()
+    start = time.perf_counter() - state.seconds
     bar = tqdm(total=len(loader), initial=state.step, desc=f"epoch {epoch + 1}", leave=False,
                disable=not progress, unit="batch")
     for x, y in loader:
@@ -109,13 +127,14 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
         state.wrong = state.wrong + (logits.detach().argmax(-1) != y).sum(-1)
         state.count += y.shape[-1]
         state.step += 1
+        state.seconds = time.perf_counter() - start
         bar.update()
-        if state.step % check_every == 0:
+        if state.step % finite_check_every == 0:
             loss_sum = reduce(state.loss_sum.clone()) if reduce else state.loss_sum
             if not torch.isfinite(loss_sum).all():
                 bar.close()
                 raise NonFiniteLoss(f"the training loss became non-finite in epoch {epoch + 1}, "
-                                    f"between steps {state.step + 1 - check_every} and {state.step}")
+                                    f"between steps {state.step + 1 - finite_check_every} and {state.step}")
         if after_step is not None and after_step(state):
             bar.close()
             return None
@@ -127,11 +146,12 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
         loss_sum, wrong, count = state.loss_sum.double(), state.wrong.double(), state.count
     if not torch.isfinite(loss_sum).all():
         raise NonFiniteLoss(f"the training loss became non-finite in epoch {epoch + 1} "
-                            f"(between its steps {state.step // check_every * check_every + 1} and {state.step})")
-    seconds = time.perf_counter() - start
-    images = (state.count - images_before) * (count / max(state.count, 1))  # over all ranks, this session
+                            f"(between its steps {state.step // finite_check_every * finite_check_every + 1} and "
+                            f"{state.step})")
+    # the whole epoch, earlier sessions included: an epoch resumed at its last step still shows its real pace
+    seconds = state.seconds = time.perf_counter() - start
     return {"loss": (loss_sum / max(count, 1)).tolist(), "error": (100.0 * wrong / max(count, 1)).tolist(),
-            "images": count, "seconds": seconds, "images_per_s": images / seconds if seconds > 0 else 0.0}
+            "images": count, "seconds": seconds, "images_per_s": count / seconds if seconds > 0 else 0.0}
 
 
 @torch.no_grad()

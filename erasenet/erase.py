@@ -11,8 +11,9 @@ import math
 
 import torch.nn as nn
 
-from .config import REPLACEMENTS
 from .models.base import Block, iter_blocks
+
+REPLACEMENTS = ("identity", "prelu")  # what an erased site becomes (config.py validates against the same names)
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 ``python -m erasenet.train -m model=resnet20 seed=0,1,2,3,4 trainer.concurrent=5`` composes five jobs as
 usual; this launcher groups the jobs whose overrides differ only in ``seed`` into batches of up to
-``trainer.concurrent`` and trains each batch as one stacked model (``erasenet.concurrent``). Every job still gets
+``trainer.concurrent`` and trains each batch as one group of runs (``erasenet.run.train_runs``). Every job still gets
 its ordinary run directory (``.hydra/``, ``result.json``, ...) and the sweep its summary. With
 ``trainer.concurrent=1`` (the default) it launches jobs one by one, like Hydra's basic launcher.
 """
@@ -40,7 +40,7 @@ def plan_batches(job_overrides: Sequence[Sequence[str]], concurrent: Sequence[in
 
 
 class ConcurrentLauncher(BasicLauncher):
-    """Hydra's basic launcher, but seeds of one configuration go through ``erasenet.concurrent`` together."""
+    """Hydra's basic launcher, but seeds of one configuration train together (``erasenet.run.train_runs``)."""
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         setup_globals()
@@ -71,7 +71,7 @@ class ConcurrentLauncher(BasicLauncher):
                        configure_logging=configure_logging)
 
     def _run_together(self, configs: list[DictConfig]) -> list[JobReturn]:
-        from .train import job_context, refuse
+        from .job import job_context, refuse
 
         prepared = []
 
@@ -92,13 +92,17 @@ class ConcurrentLauncher(BasicLauncher):
         for handler in [h for h in root.handlers if isinstance(h, logging.FileHandler)]:
             root.removeHandler(handler)
             handler.close()
-        from .concurrent import train_concurrent
+        from .run import train_runs
 
         try:
-            results = train_concurrent(*map(list, zip(*prepared)))
-        except Interrupted as err:  # a seed resumed alone was stopped: its checkpoint is written, as in train.main
-            print(f"\n{err}\n", file=sys.stderr)
-            sys.exit(0)
+            cfgs, out_dirs, overrides, groups = map(list, zip(*prepared))
+            results = train_runs(cfgs, out_dirs, overrides, groups, log_files=True)
+        except Interrupted as err:  # checkpoints are written and the line saying so logged, as in train.main
+            sys.exit(err.exit_code)
+        except KeyboardInterrupt:
+            print("\ninterrupted by a second Ctrl-C: stopped at once; run the same command again to resume from "
+                  "the last checkpoints", file=sys.stderr)
+            sys.exit(130)
         except UserError as err:
             refuse(err)
         for ret, result in zip(returns, results):

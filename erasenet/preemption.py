@@ -1,8 +1,10 @@
-"""Stop signals: SIGTERM, SIGUSR1 and SIGUSR2 (Slurm preemption, a time limit, ``kill``) ask the run to stop.
+"""Stop signals: Ctrl-C (SIGINT), SIGTERM, SIGUSR1 and SIGUSR2 (Slurm preemption, a time limit, ``kill``) ask the
+run to stop.
 
-The handler only records the signal; the training loop checks between steps, writes a checkpoint and stops.
-A handler that was installed before (submitit's, which requeues the job) is called after the checkpoint is
-written, so a cluster sweep is requeued with its state saved.
+The handler only records the signal; the training loop checks between steps, writes a checkpoint and stops, and
+the process exits with status 128 + the signal's number (130 for Ctrl-C, 143 for SIGTERM), never 0. A second
+Ctrl-C stops at once. A handler that was installed before (submitit's, which requeues the job) is called after
+the checkpoint is written, so a cluster sweep is requeued with its state saved.
 """
 
 from __future__ import annotations
@@ -12,11 +14,21 @@ import threading
 from types import FrameType
 from typing import Any
 
-STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGUSR1", "SIGUSR2") if hasattr(signal, name))
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGUSR1", "SIGUSR2")
+                     if hasattr(signal, name))
 
 
 class Interrupted(Exception):
     """The run stopped on a signal after writing a checkpoint; running the same command again resumes it."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        """The shell's status for a process ended by the signal: 128 + its number."""
+        return 128 + self.signum
 
 
 class StopSignals:
@@ -27,6 +39,8 @@ class StopSignals:
         self._previous: dict[int, Any] = {}
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if signum == signal.SIGINT and self.received == signal.SIGINT:
+            raise KeyboardInterrupt  # the second Ctrl-C: stop now, without waiting for the checkpoint
         self.received = signum
 
     @property
@@ -45,8 +59,11 @@ class StopSignals:
         self._previous.clear()
 
     def pass_on(self) -> None:
-        """Give the received signal to the handler that was there before ours (e.g. submitit's requeue)."""
+        """Give the received signal to the handler that was there before ours (e.g. submitit's requeue).
+
+        Python's own Ctrl-C handler is not called: it would raise KeyboardInterrupt after the clean stop.
+        """
         previous = self._previous.get(self.received)
         self.__exit__()
-        if callable(previous):
+        if callable(previous) and previous is not signal.default_int_handler:
             previous(self.received, None)

@@ -47,7 +47,7 @@ def find_results(root: Path) -> list[dict]:
 
 def find_unfinished(root: Path) -> list[dict]:
     """A record (``status: unfinished``, group, seed) for every Hydra run directory below ``root`` without a result."""
-    from .train import run_group
+    from .job import run_group
 
     found = []
     for overrides_file in sorted(Path(root).rglob(".hydra/overrides.yaml")):
@@ -175,7 +175,7 @@ def to_csv(rows: list[dict]) -> str:
 def write_summary(root: Path) -> str:
     """Aggregate every run below ``root`` into ``root/summary.md``, ``root/summary.csv`` and the plots beside them;
     return the markdown."""
-    from .checkpoint import atomic_write
+    from .atomic import atomic_write
     from .plots import write_plots
 
     root = Path(root)

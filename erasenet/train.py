@@ -7,40 +7,18 @@ line is answered in about a second; torch is imported once the config is valid.
 from __future__ import annotations
 
 import logging
-import shutil
 import sys
-from pathlib import Path
 
 import hydra
-from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from .config import check_config, register_configs
 from .errors import UserError
+from .job import job_context, refuse
 from .preemption import Interrupted
 
 register_configs()
 log = logging.getLogger("erasenet")
-
-
-def run_group(overrides: list[str], excluded: list[str]) -> str:
-    """The overrides that define this run's configuration: all but the seed and the excluded keys."""
-    skip = set(excluded) | {"seed"}
-    return ",".join(sorted(o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in skip))
-
-
-def job_context() -> tuple[Path, list[str], str]:
-    """The current Hydra job's output directory, its overrides and its group (see ``run_group``)."""
-    hc = HydraConfig.get()
-    overrides = list(hc.overrides.task)
-    return Path(hc.runtime.output_dir), overrides, run_group(overrides, list(hc.job.config.override_dirname.exclude_keys))
-
-
-def refuse(err: UserError) -> None:
-    """Print the problem's one paragraph, remove the rejected run's directory, exit with status 2."""
-    print(f"\nerror: {err}\n", file=sys.stderr)
-    _remove_if_empty(Path(HydraConfig.get().runtime.output_dir))
-    sys.exit(2)
 
 
 @hydra.main(version_base=None, config_path="conf", config_name="config")
@@ -52,21 +30,14 @@ def main(cfg: DictConfig) -> float | None:
         out_dir, overrides, group = job_context()
         result = train_run(cfg, out_dir, overrides=overrides, group=group)
         return result.get("best_val_error")
-    except Interrupted as err:  # a checkpoint was written: a clean exit, and the same command resumes
-        print(f"\n{err}\n", file=sys.stderr)
-        sys.exit(0)
+    except Interrupted as err:  # a checkpoint was written and the one line saying so logged
+        sys.exit(err.exit_code)
+    except KeyboardInterrupt:
+        print("\ninterrupted (a second Ctrl-C, or one before training began): stopped at once; run the same "
+              "command again to resume from the last checkpoint", file=sys.stderr)
+        sys.exit(130)
     except UserError as err:
         refuse(err)
-
-
-def _remove_if_empty(out_dir: Path) -> None:
-    """Remove a run directory that holds nothing but Hydra's own bookkeeping, so a rejected run leaves no trace."""
-    if out_dir.is_dir() and all(p.name in (".hydra", "train.log") for p in out_dir.iterdir()):
-        shutil.rmtree(out_dir, ignore_errors=True)
-        for parent in out_dir.parents:  # and the directories made only for it (runs/<name>/)
-            if parent == Path.cwd() or any(parent.iterdir()):
-                break
-            parent.rmdir()
 
 
 if __name__ == "__main__":

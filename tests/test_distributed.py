@@ -8,13 +8,14 @@ import sys
 import torch
 
 from conftest import REPO
+from erasenet.build import build_model, schedule_per_process
 from erasenet.checkpoint import list_checkpoints, load_checkpoint
 from erasenet.data import build_loaders
 from erasenet.data.loader import TensorLoader
 from erasenet.data.splits import Split
 from erasenet.distributed import first_host, launch_env
 from erasenet.engine import evaluate
-from erasenet.run import build_model, process_schedule, train_run
+from erasenet.run import train_run
 
 # no batch norm: per-process batch statistics would differ from one process's (SyncBatchNorm needs a GPU build);
 # val_size=181 leaves 1,256 training images (even) and an odd validation split, so ranks evaluate unequal shares
@@ -82,9 +83,9 @@ def test_global_batches_are_the_same_for_any_world_size():
 def test_batch_size_is_global_and_lr_scaling_explicit(make_cfg):
     s = make_cfg("schedule=quick", "schedule.batch_size=256").schedule
     assert (s.lr, s.base_batch_size) == (0.1, 64)
-    per = process_schedule(s, 4)
+    per = schedule_per_process(s, 4)
     assert (per.batch_size, per.eval_batch_size, per.lr) == (64, 250, 0.1)
-    scaled = process_schedule(make_cfg("schedule=quick", "schedule.batch_size=256",
+    scaled = schedule_per_process(make_cfg("schedule=quick", "schedule.batch_size=256",
                                        "schedule.lr_scaling=linear").schedule, 4)
     assert (scaled.batch_size, scaled.lr, scaled.warmup_lr) == (64, 0.4, 0.04)
 
@@ -125,3 +126,13 @@ def test_ddp_trainer_without_a_launcher_is_one_process(tmp_path, make_cfg, caplo
     assert ddp["processes"] == 1
     assert {k: ddp[k] for k in ("test_error", "val_error", "train_error")} == \
         {k: plain[k] for k in ("test_error", "val_error", "train_error")}
+
+
+def test_ddp_trains_with_stochastic_depth(tmp_path):
+    """A dropped branch still gets a (zero) gradient, so DDP's reducer finishes every step."""
+    proc = torchrun("trainer=ddp", "dataset=digits", "schedule=quick", "schedule.epochs=1", "model=resnet",
+                    "model.depth=8", "model.survival_prob=0.5", "trainer.num_threads=1", "trainer.tensorboard=false",
+                    cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (result,) = [json.loads(p.read_text()) for p in tmp_path.rglob("result.json")]
+    assert result["processes"] == 2 and result["status"] == "ok" and result["epochs"] == 1

@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from erasenet.build import build_model
 from erasenet.config import check_config
-from erasenet.run import build_model
 
 CONF = Path(__file__).resolve().parents[1] / "erasenet" / "conf" / "experiment"
 PRESETS = sorted(str(p.relative_to(CONF).with_suffix("")) for p in CONF.rglob("*.yaml"))

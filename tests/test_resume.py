@@ -14,10 +14,11 @@ import pytest
 import torch
 
 from conftest import REPO
-from erasenet.checkpoint import check_writable, list_checkpoints, load_checkpoint
+from erasenet.checkpoint import list_checkpoints, load_checkpoint
 from erasenet.errors import UserError
 from erasenet.results import summarize
 from erasenet.run import train_run
+from erasenet.runfiles import check_writable
 
 # Dropout and random crops draw from the RNGs a resume must restore; checkpoint_every_min is tiny, so a checkpoint
 # is written at every check (every 2 steps): a kill lands between checkpoints in the middle of an epoch.
@@ -105,19 +106,45 @@ def test_sigkill_mid_epoch_then_resume_is_exact(tmp_path, reference):
     assert_same(directory, reference)
 
 
-def test_sigterm_writes_a_checkpoint_and_exits_cleanly_then_resumes(tmp_path, reference):
+def test_sigterm_writes_a_checkpoint_and_exits_143_then_resumes(tmp_path, reference):
     victim = start(*RESUMABLE, cwd=tmp_path)
     wait_for_checkpoint(tmp_path, "epoch0001*.pt")
     victim.send_signal(signal.SIGTERM)
     code, out = finish(victim)
     directory = run_dir(tmp_path)
-    assert code == 0 and "stopped on SIGTERM" in out and "Traceback" not in out
+    assert code == 143 and "interrupted (SIGTERM)" in out and "Traceback" not in out
     assert not (directory / "result.json").exists()
     state = load_checkpoint(list_checkpoints(directory)[-1])
     assert state["epoch"] < 8 and state["config"]["seed"] == 0
     code, out = finish(start(*RESUMABLE, cwd=tmp_path))
     assert code == 0, out[-3000:]
     assert_same(directory, reference)
+
+
+def test_ctrl_c_writes_a_checkpoint_says_so_in_one_line_and_exits_130_then_resumes(tmp_path, reference):
+    victim = start(*RESUMABLE, cwd=tmp_path)
+    wait_for_checkpoint(tmp_path, "epoch0001*.pt")
+    victim.send_signal(signal.SIGINT)
+    code, out = finish(victim)
+    assert code == 130 and "Traceback" not in out and "KeyboardInterrupt" not in out
+    said = [line for line in out.splitlines() if "interrupted" in line]
+    assert len(said) == 1 and "(SIGINT)" in said[0] and "run the same command again to resume" in said[0]
+    directory = run_dir(tmp_path)
+    assert not (directory / "result.json").exists() and load_checkpoint(list_checkpoints(directory)[-1])["epoch"] < 8
+    code, out = finish(start(*RESUMABLE, cwd=tmp_path))
+    assert code == 0, out[-3000:]
+    assert_same(directory, reference)
+
+
+def test_a_second_ctrl_c_stops_at_once():
+    from erasenet.preemption import StopSignals
+
+    with StopSignals() as stop:
+        os.kill(os.getpid(), signal.SIGINT)
+        assert stop.received == signal.SIGINT  # the first one only asks for a checkpoint and a stop
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)  # the handler runs in this thread before the sleep returns
 
 
 def test_corrupt_checkpoint_falls_back_to_the_previous_one(tmp_path, make_cfg, caplog):
@@ -179,3 +206,35 @@ def test_unwritable_or_full_output_fails_before_training(tmp_path, make_cfg):
     free = shutil.disk_usage(tmp_path).free
     with pytest.raises(UserError, match="MiB free but this run needs"):
         check_writable(tmp_path / "run", need_bytes=free + 2**40)
+
+
+def test_resume_never_starts_afresh_and_replaces_the_earlier_files(tmp_path, make_cfg):
+    first = train_run(make_cfg(*QUICK, "schedule.epochs=2"), tmp_path)
+    (tmp_path / "checkpoints" / "epoch0009.pt").write_bytes(b"from an earlier attempt")
+    again = train_run(make_cfg(*QUICK, "schedule.epochs=1", "trainer.resume=never"), tmp_path)
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["epoch0001.pt"]
+    assert [json.loads(line)["epoch"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [1]
+    assert again["epochs"] == 1 and first["epochs"] == 2
+    assert json.loads((tmp_path / "result.json").read_text())["epochs"] == 1
+
+
+def test_stop_signals_hand_the_signal_to_the_earlier_handler():
+    """submitit's requeue is a handler installed before ours: after the checkpoint it gets the signal."""
+    from erasenet.preemption import StopSignals
+
+    received = []
+    before = signal.signal(signal.SIGUSR1, lambda signum, frame: received.append(signum))
+    try:
+        with StopSignals() as stop:
+            os.kill(os.getpid(), signal.SIGUSR1)
+            assert stop.received == signal.SIGUSR1 and received == []  # only recorded while training
+            stop.pass_on()
+            assert received == [signal.SIGUSR1]
+            os.kill(os.getpid(), signal.SIGUSR1)  # ours is uninstalled: the earlier handler is back
+            assert received == [signal.SIGUSR1] * 2
+        with StopSignals() as stop:  # Ctrl-C is never passed on to Python's handler (no KeyboardInterrupt)
+            os.kill(os.getpid(), signal.SIGINT)
+            stop.pass_on()
+        assert stop.received == signal.SIGINT
+    finally:
+        signal.signal(signal.SIGUSR1, before)

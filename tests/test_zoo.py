@@ -8,13 +8,15 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn as nn
+import torchvision
 
+from erasenet.build import build_model
 from erasenet.erase import ErasePolicy, apply_erase, select_blocks
 from erasenet.errors import UserError
 from erasenet.models import block_sites, builder_options, create_model, iter_blocks, list_models
 from erasenet.models.residual import BasicBlock
 from erasenet.models.zoo import measure, render_table, splice_table
-from erasenet.run import build_model, train_run
+from erasenet.run import train_run
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -187,7 +189,6 @@ def test_every_model_classifies_its_input():
 
 
 def test_resnet50_loads_torchvision_weights_and_computes_the_same():
-    torchvision = pytest.importorskip("torchvision")
     torch.manual_seed(0)
     theirs = torchvision.models.resnet50().eval()
     ours = create_model("resnet50", num_classes=1000).eval()
@@ -201,7 +202,6 @@ def test_resnet50_loads_torchvision_weights_and_computes_the_same():
 
 @pytest.mark.parametrize("depth", [101, 152])
 def test_imagenet_resnets_match_torchvision_in_shape(depth):
-    torchvision = pytest.importorskip("torchvision")
     with torch.device("meta"):
         theirs = getattr(torchvision.models, f"resnet{depth}")()
     shapes = {k: v.shape for k, v in _meta(f"resnet{depth}").state_dict().items()}

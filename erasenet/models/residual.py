@@ -52,19 +52,27 @@ class ResidualBlock(Block):
     In training the whole branch is dropped for the mini-batch with probability ``1 - survival``;
     at evaluation the branch is scaled by ``survival`` (the paper's test-time rule). The ReLU
     after the addition runs either way.
+
+    The keep decision is a 0/1 tensor drawn on the input's device and multiplied in, never read back to
+    Python: no device sync, no graph break under ``torch.compile``, and every parameter gets a gradient
+    (zero when dropped), as DDP requires. A dropped branch is still computed, so its batch-norm running
+    statistics see the batch.
     """
 
     survival: float = 1.0
+
+    @property
+    def random_in_training(self) -> bool:
+        """Whether training draws random numbers (the keep decisions)."""
+        return self.survival < 1.0
 
     def add_branch(self, shortcut: torch.Tensor, branch: Callable[[], torch.Tensor]) -> torch.Tensor:
         if self.survival >= 1.0:
             return shortcut + branch()
         if not self.training:
             return shortcut + self.survival * branch()
-        # One draw per mini-batch from the CPU generator: seeded, and no device sync.
-        if torch.rand((), device="cpu").item() < self.survival:
-            return shortcut + branch()
-        return shortcut.clone()  # a new tensor: an in-place ReLU after the addition must not write into the input
+        keep = torch.rand((), device=shortcut.device) < self.survival
+        return shortcut + keep.to(shortcut.dtype) * branch()
 
 
 def apply_stochastic_depth(model: nn.Module, survival_prob: float) -> None:

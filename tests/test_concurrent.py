@@ -1,127 +1,27 @@
-"""The speed knobs change speed, not results: the fast path, channels_last, bf16, compile, concurrent seeds."""
+"""Seeds trained together (``trainer.concurrent``): each member trains exactly as its seed alone, resumes
+exactly, and writes the run directory it would write alone."""
 
-import copy
 import json
-import math
+import os
+import signal
+import threading
+import time
 from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from conftest import run_cli
-from erasenet.accel import Accel, compile_model, to_channels_last
 from erasenet.checkpoint import list_checkpoints, load_checkpoint
-from erasenet.concurrent import StackedLoader, StackedModels, member_optimizer_state, with_seed
-from erasenet.data import TensorLoader
-from erasenet.data.digits import load_digits_splits
-from erasenet.engine import build_optimizer, build_scheduler, evaluate, train_one_epoch
+from erasenet.concurrent import (StackedLoader, StackedModels, generator_state, member_optimizer_state,
+                                 stacked_optimizer_state, with_seed)
 from erasenet.launcher import plan_batches
 from erasenet.models import create_model
+from erasenet.preemption import Interrupted
 from erasenet.results import find_results, summarize
-from erasenet.run import train_run
-
-CPU = torch.device("cpu")
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return load_digits_splits(180, 0)
-
-
-@pytest.fixture
-def schedule(make_cfg):
-    return make_cfg("schedule=quick").schedule
-
-
-def small_loader(digits, seed=0, n=128, batch=32):
-    return TensorLoader(digits.train.subset(range(n)), batch, train=True, crop_padding=1, mean=[0.3], std=[0.4],
-                        seed=seed)
-
-
-def resnet(seed, dtype=torch.float32, depth=20):
-    torch.manual_seed(seed)
-    return create_model("resnet", depth=depth, num_classes=10, in_chans=1).to(dtype)
-
-
-def train(model, loader, schedule, accel=None, epochs=1):
-    opt = build_optimizer(model, schedule)
-    sched = build_scheduler(opt, schedule, len(loader))
-    for epoch in range(epochs):
-        loader.set_epoch(epoch)
-        out = train_one_epoch(model, loader, opt, sched, epoch=epoch, accel=accel)
-    return out, opt
-
-
-def assert_same_weights(a, b, atol):
-    for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
-        assert torch.allclose(x.float(), y.float(), atol=atol, rtol=0), name
-
-
-def test_fast_path_with_knobs_off_trains_like_the_plain_loop(digits, schedule):
-    loader = small_loader(digits)
-    fast, plain = resnet(0), resnet(0)
-    train(fast, loader, schedule, Accel(CPU))
-    opt = build_optimizer(plain, schedule)
-    loader.set_epoch(0)
-    for x, y in loader:  # the loop everyone writes
-        loss = F.cross_entropy(plain(x), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    assert_same_weights(fast, plain, atol=1e-6)
-
-
-def test_channels_last_gives_the_same_training(digits, schedule):
-    """In float64, so that the two memory formats' different summation orders cannot grow into visible noise."""
-    batches = double_batches(small_loader(digits, n=64))
-    nhwc, nchw = resnet(1, torch.float64, depth=8), resnet(1, torch.float64, depth=8)
-    accel = Accel(CPU, channels_last=True)
-    to_channels_last(nhwc, accel)
-    assert nhwc.stem.conv.weight.is_contiguous(memory_format=torch.channels_last)
-    train(nhwc, batches, schedule, accel)
-    train(nchw, batches, schedule, Accel(CPU))
-    assert_same_weights(nhwc, nchw, atol=1e-10)
-
-
-def test_bf16_autocast_trains_on_cpu(digits, schedule):
-    accel = Accel(CPU, torch.bfloat16)
-    model = resnet(2).eval()
-    x, y = next(iter(small_loader(digits)))
-    with accel.autocast():
-        logits = model(x)
-    assert logits.dtype == torch.bfloat16
-    assert F.cross_entropy(logits.float(), y).item() == pytest.approx(F.cross_entropy(model(x), y).item(), rel=0.02)
-    out, _ = train(model, small_loader(digits), schedule, accel)
-    assert math.isfinite(out["loss"]) and out["images"] == 128
-    assert model.stem.conv.weight.dtype == torch.float32  # autocast keeps fp32 master weights
-    test = TensorLoader(digits.test, 1000, mean=[0.3], std=[0.4])
-    assert evaluate(model, test, accel=accel)["count"] == 360
-
-
-def test_compile_failure_falls_back_to_the_eager_model():
-    def broken_backend(graph, example_inputs):
-        raise RuntimeError("no compiler on this machine")
-
-    model = resnet(3)
-    before = copy.deepcopy(model.state_dict())
-    result = compile_model(model, Accel(CPU), [((4, 1, 8, 8), True)], backend=broken_backend)
-    assert not result.compiled and result.module is model
-    assert "no compiler on this machine" in result.error
-    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
-    assert all(p.grad is None for p in model.parameters())
-
-
-def test_compile_warm_up_changes_no_result(digits, schedule):
-    """A real torch.compile (the cheap ``eager`` backend: Dynamo's tracing without code generation)."""
-    loader = small_loader(digits, n=64)
-    model, reference = resnet(4), resnet(4)
-    result = compile_model(model, Accel(CPU), [((32, 1, 8, 8), True)], backend="eager")
-    assert result.compiled and result.seconds > 0
-    assert_same_weights(model, reference, atol=0)  # the warm-up step was undone
-    train(result.module, loader, schedule)
-    train(reference, loader, schedule)
-    assert_same_weights(model, reference, atol=1e-5)
+from erasenet.run import train_run, train_runs
+from tiny_training import (CPU, ListLoader, assert_same_weights, digits, double_batches, resnet,  # noqa: F401
+                           schedule, small_loader, train)
 
 
 def test_stacked_seeds_train_exactly_like_each_seed_alone(digits, schedule):
@@ -144,18 +44,6 @@ def test_stacked_seeds_train_exactly_like_each_seed_alone(digits, schedule):
         theirs = alone_opt.state_dict()["state"]
         assert all(torch.allclose(mine[i]["momentum_buffer"], theirs[i]["momentum_buffer"], atol=1e-10)
                    for i in theirs)
-
-
-def double_batches(loader, epoch=0):
-    loader.set_epoch(epoch)
-    return ListLoader((x.double(), y) for x, y in loader)
-
-
-class ListLoader(list):
-    """Fixed batches with the loader interface ``train_one_epoch`` uses."""
-
-    def set_epoch(self, epoch):
-        pass
 
 
 def test_stacked_loader_gives_each_member_its_own_order(digits):
@@ -230,11 +118,109 @@ def test_concurrent_sweep_writes_ordinary_runs_like_runs_alone(tmp_path, make_cf
     assert results[2]["concurrent"]["seeds"] == results[3]["concurrent"]["seeds"] == [2, 3]
 
 
-@pytest.mark.parametrize("args,expected", [
-    (["trainer.amp=fp8"], "trainer.amp='fp8'"),
-    (["trainer.concurrent=0"], "trainer.concurrent=0"),
-    (["trainer.amp=fp16", "trainer.device=cpu", "dataset=digits"], "needs a CUDA GPU"),
+
+
+def mlp(seed, dtype=torch.float64, dropout=0.3):
+    torch.manual_seed(seed)
+    return create_model("mlp", image_size=8, depth=3, width=32, dropout=dropout, num_classes=10, in_chans=1).to(dtype)
+
+
+@pytest.mark.parametrize("build", [
+    pytest.param(lambda s: mlp(s), id="dropout"),
+    pytest.param(lambda s: resnet(s, torch.float64, depth=8, survival_prob=0.5), id="stochastic-depth"),
 ])
-def test_bad_speed_knobs_are_one_clear_paragraph(tmp_path, args, expected):
-    proc = run_cli(*args, cwd=tmp_path, timeout=120)
-    assert proc.returncode == 2 and expected in proc.stderr and "Traceback" not in proc.stderr
+def test_members_that_draw_random_numbers_train_exactly_like_each_seed_alone(digits, schedule, build):
+    """Dropout masks and stochastic-depth decisions: each member draws what its seed draws alone."""
+    seeds = (0, 1)
+    models, generators = [], []
+    for s in seeds:  # as the driver builds them: seed, build, and the member's generators from there on
+        models.append(build(s))
+        generators.append(generator_state(CPU))
+    stack = StackedModels(models, generators)
+    assert stack.random
+    batches = [double_batches(small_loader(digits, seed=s, n=64)) for s in seeds]
+    stacked = ListLoader((torch.stack([b[i][0] for b in batches]), torch.stack([b[i][1] for b in batches]))
+                         for i in range(len(batches[0])))
+    out, _ = train(stack, stacked, schedule, epochs=2)
+    for k, s in enumerate(seeds):
+        alone = build(s)
+        alone_out, _ = train(alone, batches[k], schedule, epochs=2)
+        member = stack.copy_into(k, build(99))
+        assert_same_weights(member, alone, atol=1e-10)
+        assert out["loss"][k] == pytest.approx(alone_out["loss"], abs=1e-10)
+
+
+def test_optimizer_state_splits_into_members_and_back():
+    stack = StackedModels([resnet(s, depth=8) for s in (0, 1)])
+    opt = torch.optim.SGD(stack.parameters(), lr=0.1, momentum=0.9)
+    stack(torch.randn(2, 4, 1, 8, 8)).sum().backward()
+    opt.step()
+    members = [member_optimizer_state(opt, k) for k in range(2)]
+    again = stacked_optimizer_state(members)
+    for i, state in opt.state_dict()["state"].items():
+        assert torch.equal(again["state"][i]["momentum_buffer"], state["momentum_buffer"])
+
+
+TOGETHER = ("dataset=digits", "schedule=quick", "schedule.epochs=3", "schedule.milestones=[2]", "model=mlp",
+            "model.width=32", "model.dropout=0.2", "trainer.tensorboard=false", "trainer.num_threads=1")
+
+
+def send_when_training(signum: int, outside) -> threading.Thread:
+    """Send ``signum`` to this process once the training loop has taken over its handler from ``outside``."""
+    def watch():
+        deadline = time.monotonic() + 300
+        while signal.getsignal(signum) is outside and time.monotonic() < deadline:
+            time.sleep(0.005)
+        os.kill(os.getpid(), signum)
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_stopped_concurrent_members_resume_bit_identical(tmp_path, make_cfg):
+    """SIGUSR1 at the check of the last step of epoch 1; the group resumes together, exactly, and the resumed
+    epoch reports its real time (not 0 s)."""
+    steps = 20  # batches per epoch of the digits training split at batch 64: the check lands on the last one
+    cfgs = [make_cfg(*TOGETHER, f"trainer.check_every={steps}", f"seed={s}") for s in (0, 1)]
+    reference = train_runs(cfgs, [tmp_path / "ref" / f"s{s}" for s in (0, 1)])
+    dirs = [tmp_path / "stopped" / f"s{s}" for s in (0, 1)]
+    received = []
+
+    def outside(signum, frame):  # stands for submitit's handler: the loop passes the signal on to it
+        received.append(signum)
+
+    before = signal.signal(signal.SIGUSR1, outside)
+    try:
+        send_when_training(signal.SIGUSR1, outside)
+        with pytest.raises(Interrupted) as stop:
+            train_runs(cfgs, dirs)
+    finally:
+        signal.signal(signal.SIGUSR1, before)
+    assert received == [signal.SIGUSR1]
+    assert stop.value.exit_code == 128 + signal.SIGUSR1
+    for d in dirs:
+        assert list_checkpoints(d)[-1].name.endswith(f"_step0000{steps}.pt")  # the last step of an epoch
+    resumed = train_runs(cfgs, dirs)
+    for d, s, again, ref in zip(dirs, (0, 1), resumed, reference):
+        assert "resuming from" in (d / "train.log").read_text()
+        assert again["concurrent"]["seeds"] == [0, 1]
+        mine, theirs = (load_checkpoint(list_checkpoints(x)[-1]) for x in (d, tmp_path / "ref" / f"s{s}"))
+        assert all(torch.equal(mine["model"][k], theirs["model"][k]) for k in theirs["model"])
+        timing = {"seconds", "images_per_s"}
+        assert [{k: v for k, v in m.items() if k not in timing} for m in mine["history"]] == \
+            [{k: v for k, v in m.items() if k not in timing} for m in theirs["history"]]
+        first_epoch = json.loads((d / "metrics.jsonl").read_text().splitlines()[0])
+        assert first_epoch["seconds"] > 0 and first_epoch["images_per_s"] > 0
+        assert again["test_error"] == ref["test_error"]
+
+
+def test_channels_last_and_stochastic_depth_train_concurrently(tmp_path, make_cfg):
+    cfgs = [make_cfg("dataset=digits", "schedule=quick", "schedule.epochs=1", "model=resnet", "model.depth=8",
+                     "model.survival_prob=0.5", "trainer.channels_last=true", "trainer.tensorboard=false",
+                     f"seed={s}") for s in (0, 1)]
+    results = train_runs(cfgs, [tmp_path / f"s{s}" for s in (0, 1)])
+    assert [r["status"] for r in results] == ["ok", "ok"] and results[0]["accel"]["channels_last"]
+    weights = [load_checkpoint(list_checkpoints(tmp_path / f"s{s}")[-1])["model"] for s in (0, 1)]
+    assert weights[0].keys() == weights[1].keys()
+    assert any(not torch.equal(weights[0][k], weights[1][k]) for k in weights[0])  # two seeds, two models

@@ -1,0 +1,192 @@
+"""Where a run stands, what its checkpoint holds, and restoring a group of runs from their checkpoints."""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+import numpy as np
+import torch
+
+from . import distributed
+from .checkpoint import load_checkpoint, load_latest
+from .concurrent import member_optimizer_state, stacked_optimizer_state
+from .engine import EpochState
+from .errors import UserError
+
+if TYPE_CHECKING:
+    from .build import Run
+
+log = logging.getLogger("erasenet")
+
+# The parts of a config that define the experiment: a checkpoint or result.json from a config that differs in
+# any of them belongs to another run. Everything else (trainer, paths, name) only says how it is run.
+EXPERIMENT_KEYS = ("model", "erase", "dataset", "schedule", "seed")
+NOT_EXPERIMENT = ("dataset.root", "dataset.download")
+
+
+@dataclass
+class TrainState:
+    """How far a run has come; with the model and optimizer, what a checkpoint holds."""
+
+    epoch: int = 0  # full epochs done
+    partial: EpochState | None = None  # the steps done of the next epoch, when a run stopped inside it
+    best: dict = field(default_factory=lambda: {"val_error": None, "epoch": None, "test_error": None})
+    history: list[dict] = field(default_factory=list)  # metrics.jsonl, one entry per finished epoch
+    seconds: float = 0.0  # training time of earlier sessions of this run
+
+    def finish_epoch(self, metrics: dict) -> None:
+        """Count a finished epoch: its metrics join the history, and the best epoch on val is kept."""
+        self.epoch, self.partial = metrics["epoch"], None
+        self.history.append(metrics)
+        best = self.best["val_error"]
+        if "val_error" in metrics and (best is None or metrics["val_error"] < best):
+            self.best = {"val_error": metrics["val_error"], "epoch": metrics["epoch"],
+                         "test_error": metrics["test_error"]}
+
+    @property
+    def resume_point(self) -> tuple[int, int]:
+        """(full epochs, steps of the next epoch): runs at one point can train on together."""
+        return self.epoch, self.partial.step if self.partial else 0
+
+
+def experiment_config(config: dict) -> dict:
+    """The flattened ``{dotted.key: value}`` of the config keys that define the experiment."""
+    flat = {}
+
+    def walk(prefix: str, node: Any) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(f"{prefix}.{k}" if prefix else str(k), v)
+        elif prefix not in NOT_EXPERIMENT:
+            flat[prefix] = node
+
+    for key in EXPERIMENT_KEYS:
+        walk(key, config.get(key))
+    return flat
+
+
+def config_differences(a: dict, b: dict) -> list[str]:
+    """``key: a -> b`` for every experiment key on which the two configs differ."""
+    fa, fb = experiment_config(a), experiment_config(b)
+    return [f"{k}: {fa.get(k, '(absent)')!r} -> {fb.get(k, '(absent)')!r}"
+            for k in sorted(set(fa) | set(fb)) if fa.get(k, "(absent)") != fb.get(k, "(absent)")]
+
+
+def finished_result(out_dir: Path, config: dict) -> dict | None:
+    """The stored ``result.json`` of ``out_dir`` if the run it records had this config; else None."""
+    path = Path(out_dir) / "result.json"
+    try:
+        stored = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    differences = config_differences(stored.get("config", {}), config)
+    if differences:
+        log.warning("%s is from another configuration (%s): training again", path, "; ".join(differences))
+        return None
+    return stored
+
+
+def rng_state() -> dict:
+    """Every random number generator a run draws from (Python, NumPy, torch CPU and CUDA), as tensors and ints."""
+    version, mt, gauss = random.getstate()
+    np_kind, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    return {"python": {"version": version, "state": list(mt), "gauss": gauss},
+            "numpy": {"keys": torch.from_numpy(np_keys.astype(np.int64)), "pos": int(np_pos),
+                      "has_gauss": int(np_has_gauss), "gauss": float(np_gauss)},
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() and torch.cuda.is_initialized() else None}
+
+
+def set_rng_state(state: dict) -> None:
+    py, npy = state["python"], state["numpy"]
+    random.setstate((py["version"], tuple(py["state"]), py["gauss"]))
+    np.random.set_state(("MT19937", npy["keys"].numpy().astype(np.uint32), npy["pos"], npy["has_gauss"],
+                         npy["gauss"]))
+    torch.set_rng_state(state["torch"].cpu())
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"].cpu())
+
+
+Checkpoint = tuple[dict, Path]
+
+
+def latest_checkpoint(out_dir: Path, config: dict, resume: str, is_main: bool) -> Checkpoint | None:
+    """The newest valid checkpoint of ``out_dir`` to continue from (none with ``trainer.resume=never``), found by
+    rank 0 and loaded on every rank. A checkpoint of another configuration is refused."""
+    if resume == "never":
+        return None
+    found = load_latest(out_dir) if is_main else None
+    path = distributed.broadcast(str(found[1]) if found else None)
+    if path is None:
+        return None
+    ckpt = found[0] if found else load_checkpoint(Path(path))
+    differences = config_differences(ckpt["config"], config)
+    if differences:
+        raise UserError(f"the checkpoint {path} is from another configuration; these keys differ (checkpoint -> "
+                        f"now): {'; '.join(differences)}. Run that configuration to continue it, or start this "
+                        "one afresh with trainer.resume=never (which replaces the run directory's checkpoints).")
+    return ckpt, Path(path)
+
+
+def train_state(ckpt: dict, is_main: bool) -> TrainState:
+    """The progress a checkpoint records; the partial epoch's sums, totals over all ranks, go to rank 0 alone."""
+    partial = None
+    if ckpt["step"]:
+        sums = ckpt["partial"] if is_main else {k: 0 for k in ckpt["partial"]}
+        partial = EpochState(ckpt["step"], torch.as_tensor(sums["loss_sum"]).float(),
+                             torch.as_tensor(sums["wrong"]).long(), int(sums["count"]),
+                             float(ckpt["partial"].get("seconds", 0.0)))
+    return TrainState(ckpt["epoch"], partial, ckpt["best"], ckpt["history"], ckpt["seconds"])
+
+
+def restore(run: Run, checkpoints: Sequence[Checkpoint | None]) -> None:
+    """Continue each member from its checkpoint (all at one resume point, or all fresh)."""
+    if all(c is None for c in checkpoints):
+        return
+    ckpts = [c[0] for c in checkpoints]
+    for member, (ckpt, path) in zip(run.members, checkpoints):
+        member.model.load_state_dict(ckpt["model"])
+        member.state = train_state(ckpt, run.dist.is_main)
+        if member.state.partial is not None:
+            member.state.partial = member.state.partial.to(run.device)
+        member.log.info("resuming from %s (epoch %d, step %d)", path, ckpt["epoch"], ckpt["step"])
+    first = ckpts[0]
+    if run.stack is None:
+        run.optimizer.load_state_dict(first["optimizer"])
+        set_rng_state(first["rng"])
+    else:
+        for k, member in enumerate(run.members):
+            run.stack.copy_from(k, member.model)
+            run.stack.generators[k] = {"torch": ckpts[k]["rng"]["torch"],
+                                       "cuda": ckpts[k]["rng"]["cuda"] if run.device.type == "cuda" else None}
+        run.optimizer.load_state_dict(stacked_optimizer_state([c["optimizer"] for c in ckpts]))
+        set_rng_state(first["rng"])
+    run.scheduler.load_state_dict(first["scheduler"])
+    if first.get("scaler"):
+        run.accel.scaler.load_state_dict(first["scaler"])
+
+
+def checkpoint_state(run: Run, k: int, seconds: float) -> dict:
+    """What member ``k``'s checkpoint holds; its ``state.partial`` must already hold the totals over all ranks."""
+    member = run.members[k]
+    partial, rng = member.state.partial, rng_state()
+    if run.stack is None:
+        optimizer = run.optimizer.state_dict()
+    else:  # its own slice of the stacked optimizer, and the generators it alone draws from
+        run.stack.copy_into(k, member.model)
+        optimizer = member_optimizer_state(run.optimizer, k)
+        rng.update(run.stack.generators[k])
+    return {
+        "model": member.model.state_dict(), "optimizer": optimizer, "scheduler": run.scheduler.state_dict(),
+        "epoch": member.state.epoch, "step": partial.step if partial else 0,
+        "partial": {"loss_sum": partial.loss_sum.detach().cpu(), "wrong": partial.wrong.cpu(),
+                    "count": partial.count, "seconds": partial.seconds} if partial else None,
+        "best": member.state.best, "history": member.state.history, "seconds": seconds, "rng": rng,
+        "config": member.config, "erase": member.erased.as_dict(), "world_size": run.dist.world_size,
+        "scaler": run.accel.scaler.state_dict(),
+    }

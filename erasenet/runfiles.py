@@ -1,0 +1,155 @@
+"""A run directory's files: config.yaml, metrics.jsonl, TensorBoard, checkpoints, result.json, train.log."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import platform
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterator
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from . import __version__
+from .accel import accel_record
+from .atomic import atomic_write, save_json
+from .checkpoint import CHECKPOINT_DIR, save_run_checkpoint
+from .data import describe_splits
+from .erase import EraseRecord
+from .errors import UserError
+from .resume import TrainState
+from .tblog import scalar_tag, write_hparams
+
+if TYPE_CHECKING:
+    from .build import Member, Run
+
+log = logging.getLogger("erasenet")
+
+
+class RunFiles:
+    """The run directory's logs, checkpoints and result; only rank 0 writes (``enabled``)."""
+
+    def __init__(self, out_dir: Path, enabled: bool, tensorboard: bool):
+        self.out_dir, self.enabled, self.tensorboard = Path(out_dir), enabled, tensorboard
+        self.metrics = self.writer = None
+
+    def open(self, cfg: DictConfig, erased: EraseRecord, state: TrainState) -> None:
+        """Start or continue the logs: metrics.jsonl holds exactly the finished epochs, TensorBoard drops later
+        steps; a run starting afresh first clears what an earlier attempt left."""
+        if not self.enabled:
+            return
+        fresh = state.epoch == 0 and state.partial is None
+        if fresh:
+            for leftover in (self.out_dir / CHECKPOINT_DIR, self.out_dir / "tb", self.out_dir / "result.json"):
+                if leftover.exists():
+                    log.warning("starting afresh: removing %s of an earlier attempt", leftover)
+                    shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
+        (self.out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        atomic_write(self.out_dir / "metrics.jsonl",
+                     lambda f: f.write("".join(json.dumps(m) + "\n" for m in state.history).encode()))
+        self.metrics = open(self.out_dir / "metrics.jsonl", "a")
+        if self.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            # scalars are logged at step = epoch (1-based): purge what a killed session logged after the checkpoint
+            self.writer = SummaryWriter(str(self.out_dir / "tb"), purge_step=None if fresh else state.epoch + 1)
+            if fresh:
+                self.writer.add_text("config", "```\n" + OmegaConf.to_yaml(cfg) + "\n```")
+                self.writer.add_text("erase", erased.summary())
+
+    def log_epoch(self, metrics: dict) -> None:
+        if not self.enabled:
+            return
+        self.metrics.write(json.dumps(metrics) + "\n")
+        self.metrics.flush()
+        if self.writer:
+            for key, value in metrics.items():
+                if key != "epoch":
+                    self.writer.add_scalar(scalar_tag(key), value, metrics["epoch"])
+            self.writer.flush()
+
+    def save_checkpoint(self, state: dict, keep: int) -> None:
+        if self.enabled:
+            save_run_checkpoint(self.out_dir, state, keep)
+
+    def write_result(self, result: dict, cfg: DictConfig, overrides: list[str]) -> None:
+        if self.enabled:
+            if self.writer:
+                write_hparams(self.writer, cfg, overrides, result)
+            save_json(self.out_dir / "result.json", result)
+
+    def close(self) -> None:
+        for f in (self.metrics, self.writer):
+            if f is not None:
+                f.close()
+
+
+def library_versions() -> dict:
+    import torchvision
+
+    return {"erasenet": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
+            "python": platform.python_version()}
+
+
+def make_result(run: Run, member: Member, status: str, failure: str | None, seconds: float) -> dict:
+    """A member's ``result.json`` record."""
+    cfg, state = member.cfg, member.state
+    last, best = (state.history[-1] if state.history else {}), state.best
+    result = {
+        "status": status, "failure": failure, "seed": cfg.seed, "model": cfg.model.name, "dataset": cfg.dataset.name,
+        "group": member.group, "overrides": list(member.overrides), "epochs": last.get("epoch", 0),
+        "test_error": last.get("test_error"), "test_loss": last.get("test_loss"),
+        "val_error": last.get("val_error"), "train_error": last.get("train_error"),
+        "best_val_error": best["val_error"], "best_epoch": best["epoch"],
+        "test_error_at_best_val": best["test_error"],
+        "selection": "best epoch on val, test reported" if run.sizes["val"] else "none (dataset.val_size=0)",
+        "splits": run.sizes, "split_sources": describe_splits(cfg.dataset), "params": run.params, "macs": run.macs,
+        "erased": member.erased.sites, "erase": member.erased.as_dict(), "device": str(run.device),
+        "processes": run.dist.world_size, "seconds": seconds, "versions": library_versions(),
+        "config": member.config, "accel": accel_record(run.accel, run.compiled),
+        "paper": OmegaConf.to_container(cfg.paper) if cfg.paper.test_error is not None else None,
+    }
+    if run.stack is not None:
+        result["concurrent"] = {"seeds": run.seeds, "wall_seconds": seconds * len(run.members)}
+    return result
+
+
+def check_writable(run_dir: Path, need_bytes: int) -> None:
+    """Fail now, not hours from now, if ``run_dir`` cannot take a file or lacks ``need_bytes`` of free space."""
+    run_dir = Path(run_dir)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write(run_dir / ".write_test", lambda f: f.write(b"ok"))
+        (run_dir / ".write_test").unlink()
+    except OSError as err:
+        raise UserError(f"cannot write to the run directory {run_dir} ({err.strerror or err}). Make it writable, "
+                        "or put runs elsewhere with hydra.run.dir=... (hydra.sweep.dir=... for -m).") from None
+    free = shutil.disk_usage(run_dir).free
+    if free < need_bytes:
+        raise UserError(f"the disk of {run_dir} has {free / 2**20:.0f} MiB free but this run needs about "
+                        f"{need_bytes / 2**20:.0f} MiB (checkpoints, logs). Free some space, lower "
+                        "trainer.keep_checkpoints, or put runs on another disk with hydra.run.dir=...")
+
+
+def disk_needed(run: Run) -> int:
+    """Bytes one member will write at most: its kept checkpoints, one being written, and room for logs."""
+    tensors = [*run.members[0].model.state_dict().values()]
+    checkpoint = 2 * sum(t.numel() * t.element_size() for t in tensors)  # weights + momentum, roughly
+    return (run.cfg.trainer.keep_checkpoints + 1) * checkpoint * run.cfg.trainer.checkpoint + 64 * 2**20
+
+
+@contextlib.contextmanager
+def log_file(logger: logging.Logger, out_dir: Path) -> Iterator[logging.Logger]:
+    """Also write ``logger``'s records to ``out_dir/train.log``, where a run launched alone logs."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(out_dir / "train.log")
+    handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
+    logger.addHandler(handler)
+    try:
+        yield logger
+    finally:
+        logger.removeHandler(handler)
+        handler.close()

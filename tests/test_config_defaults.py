@@ -1,0 +1,54 @@
+"""One source for every default: a key that every option of its group sets has no default in the schema, and a
+default the schema keeps is one that some option leaves in effect."""
+
+from dataclasses import MISSING, fields
+from pathlib import Path
+
+import pytest
+import yaml
+from omegaconf import OmegaConf
+
+from erasenet.config import Config, DatasetConfig, EraseConfig, ScheduleConfig, TrainerConfig
+
+CONF = Path(__file__).resolve().parents[1] / "erasenet" / "conf"
+GROUPS = {"dataset": DatasetConfig, "erase": EraseConfig, "schedule": ScheduleConfig, "trainer": TrainerConfig}
+
+
+def keys_set(group: str, option: str) -> set[str]:
+    """The keys an option file sets, with those of the options its defaults list builds on."""
+    data = yaml.safe_load((CONF / group / f"{option}.yaml").read_text()) or {}
+    inherited = set()
+    for parent in data.pop("defaults", []):
+        if isinstance(parent, str) and parent != "_self_":
+            inherited |= keys_set(group, parent)
+    return inherited | set(data)
+
+
+def has_default(f) -> bool:
+    return f.default is not MISSING and not (isinstance(f.default, str) and f.default == "???") or \
+        f.default_factory is not MISSING
+
+
+@pytest.mark.parametrize("group", sorted(GROUPS))
+def test_every_schema_default_is_one_some_option_uses(group):
+    options = [p.stem for p in sorted((CONF / group).glob("*.yaml"))]
+    for f in fields(GROUPS[group]):
+        setting = [o for o in options if f.name in keys_set(group, o)]
+        if has_default(f):
+            assert len(setting) < len(options), f"{group}.{f.name}: every option sets it; drop the schema default"
+        else:
+            assert setting == options, f"{group}.{f.name}: no default and not set by {set(options) - set(setting)}"
+
+
+def test_root_keys_come_from_config_yaml():
+    root = yaml.safe_load((CONF / "config.yaml").read_text())
+    for f in fields(Config):
+        assert has_default(f) != (f.name in root) or f.name in ("model",), f.name
+
+
+@pytest.mark.parametrize("group", sorted(GROUPS))
+def test_every_option_composes_with_no_missing_value(make_cfg, group):
+    for option in sorted(p.stem for p in (CONF / group).glob("*.yaml")):
+        extra = ["dataset.path=/data"] if option.startswith("imagenet") and group == "dataset" else []
+        cfg = make_cfg(f"{group}={option}", *extra)
+        OmegaConf.to_container(cfg[group], resolve=True, throw_on_missing=True)
