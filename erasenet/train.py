@@ -18,15 +18,10 @@ from omegaconf import DictConfig
 from .config import check_config, register_configs
 from .errors import UserError
 from .preemption import Interrupted
+from .records import run_group
 
 register_configs()
 log = logging.getLogger("erasenet")
-
-
-def run_group(overrides: list[str], excluded: list[str]) -> str:
-    """The overrides that define this run's configuration: all but the seed and the excluded keys."""
-    skip = set(excluded) | {"seed"}
-    return ",".join(sorted(o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in skip))
 
 
 def job_context() -> tuple[Path, list[str], str]:

@@ -1,5 +1,5 @@
-"""Reports: the published value and its difference, failed and unfinished runs, plots, TensorBoard records, and
-choosing the proportion on validation. Sweeps are crafted run directories, as a cluster would leave them, except
+"""Reports: the published value and its difference, the comparison with p=0 (Welch), ReLU counts, top-5 and train
+error, failed and unfinished runs, plots, TensorBoard records, and choosing the proportion on validation. Sweeps are crafted run directories, as a cluster would leave them, except
 for one tiny real run that checks what a run writes."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from PIL import Image
 
 from erasenet.errors import UserError
 from erasenet.results import main as results_main
-from erasenet.results import summarize, find_results, find_unfinished, to_csv, write_summary
+from erasenet.results import summarize, find_results, find_incomplete, to_csv, write_summary
 from erasenet.select import main as select_main
 from erasenet.select import select
 
@@ -27,8 +27,9 @@ PAPER = {"source": "EraseReLU Table 2, ResNet-110 + ER, CIFAR-10", "test_error":
 
 
 def write_run(root: Path, overrides: list[str], *, test: float, val: float | None = 10.0, at_best: float = 0.0,
-              status: str = "ok", paper: dict | None = None, epochs: int = 3) -> Path:
-    """A finished run directory: Hydra's record, result.json and metrics.jsonl, as erasenet.train leaves them."""
+              status: str = "ok", paper: dict | None = None, epochs: int = 3, **extra) -> Path:
+    """A finished run directory: Hydra's record, result.json and metrics.jsonl, as erasenet.train leaves them;
+    ``extra`` keys go into result.json as they are (``None`` removes one)."""
     run_dir = root / ",".join(overrides)
     (run_dir / ".hydra").mkdir(parents=True)
     (run_dir / ".hydra" / "overrides.yaml").write_text(OmegaConf.to_yaml(overrides))
@@ -37,7 +38,8 @@ def write_run(root: Path, overrides: list[str], *, test: float, val: float | Non
     seed = int(next(o.split("=")[1] for o in overrides if o.startswith("seed=")))
     result = {"status": status, "group": group, "overrides": overrides, "seed": seed, "test_error": test,
               "best_val_error": val, "test_error_at_best_val": at_best, "params": 1_700_000, "macs": 253_000_000,
-              "seconds": 100.0 + seed, "erase": {"proportion": proportion}, "paper": paper}
+              "seconds": 100.0 + seed, "erase": {"proportion": proportion}, "paper": paper, **extra}
+    result = {k: v for k, v in result.items() if v is not None or k in ("paper", "best_val_error")}
     (run_dir / "result.json").write_text(json.dumps(result))
     with open(run_dir / "metrics.jsonl", "w") as f:
         for epoch in range(1, epochs + 1):
@@ -71,7 +73,7 @@ def paper_sweep(tmp_path):
 
 
 def test_summary_compares_with_the_paper_and_counts_failed_and_unfinished_runs(paper_sweep):
-    unfinished = find_unfinished(paper_sweep)
+    unfinished = find_incomplete(paper_sweep)
     assert [(u["group"], u["seed"]) for u in unfinished] == [("erase.proportion=1,model=resnet110", 4)]
     rows = {r["config"]: r for r in summarize(find_results(paper_sweep) + unfinished)}
     er, original = rows["erase.proportion=1,model=resnet110"], rows["erase.proportion=0,model=resnet110"]
@@ -80,7 +82,7 @@ def test_summary_compares_with_the_paper_and_counts_failed_and_unfinished_runs(p
     assert er["diff"] == pytest.approx(6.0 - 5.78)
     assert original["paper"] is None  # the published number is for proportion 1 only
 
-    markdown = write_summary(paper_sweep)
+    markdown, _ = write_summary(paper_sweep)
     line = next(x for x in markdown.splitlines() if x.startswith("| erase.proportion=1,"))
     assert "3 (+1 failed) (+1 unfinished)" in line and "5.78 ± 0.10 [1]" in line and "| +0.22 |" in line
     assert "| 1.70M | 253.00M | 101.0 |" in line
@@ -192,4 +194,4 @@ def test_plot_labels_keep_only_what_differs():
     labels, common = short_labels(["erase.proportion=0,schedule.milestones=[2,3]", "erase.proportion=1,"
                                    "schedule.milestones=[2,3]"])
     assert labels == ["erase.proportion=0", "erase.proportion=1"] and common == "schedule.milestones=[2,3]"
-    assert short_labels(["model=mlp"]) == (["(all runs)"], "model=mlp")
+    assert short_labels(["model=mlp"]) == ([""], "model=mlp")
