@@ -25,6 +25,7 @@ from .records import family_of, finite, group_of, is_ok, mean_std, proportion_of
 STYLES = (("train", "-"), ("val", ":"), ("test", "--"))
 MANY_CONFIGS = 6  # above this, the overview panels draw test curves only, without bands
 ZOOM_FRACTION = 0.25  # the zoomed panel shows this last fraction of the epochs
+ZOOM_KEEP = 2.0  # the zoomed panel leaves out configurations whose final test error is above this × the best + 1
 
 
 def short_labels(configs: list[str]) -> tuple[list[str], str]:
@@ -93,6 +94,9 @@ def plot_curves(groups: dict[str, list[list[dict]]], path: Path, fallback: str =
     many = len(groups) > MANY_CONFIGS
     last = max((m["epoch"] for runs in groups.values() for records in runs for m in records), default=0)
     first_zoomed = max(0, last - max(1, math.ceil(ZOOM_FRACTION * (last + 1))) + 1)
+    finals = {label: epoch_band(runs, "test_error")[1][-1:] for label, runs in zip(labels, groups.values())}
+    best = min((f[0] for f in finals.values() if f), default=0.0)
+    left_out = sorted(label or fallback for label, f in finals.items() if f and f[0] > ZOOM_KEEP * best + 1)
     for i, (label, runs) in enumerate(zip(labels, groups.values())):
         colour = _colour(i, len(groups))
         legend = f"{label or fallback} (n={len(runs)})"
@@ -102,15 +106,17 @@ def plot_curves(groups: dict[str, list[list[dict]]], path: Path, fallback: str =
             for ax, metric in ((overview_error, "error"), (overview_loss, "loss")):
                 _draw(ax, runs, f"{split}_{metric}", style, colour, log=True, band=not many,
                       label=legend if ax is overview_error and style == STYLES[-1][1] else None)
-        _draw(zoom, runs, "test_error", "--", colour, log=False, band=True, label=None, first_epoch=first_zoomed)
-    percent = FuncFormatter(lambda v, _: f"{v:g}")
+        if (label or fallback) not in left_out:
+            _draw(zoom, runs, "test_error", "--", colour, log=False, band=True, label=None, first_epoch=first_zoomed)
     for ax in (overview_error, overview_loss):
         ax.set_yscale("log")
-    overview_error.yaxis.set_major_formatter(percent)
-    overview_error.yaxis.set_minor_formatter(percent)
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        # label the minor ticks 2 and 5 of each decade only: all nine crowd into each other
+        ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if v > 0 and f"{v:.0e}"[0] in "25" else ""))
     overview_error.tick_params(axis="y", which="minor", labelsize=7)
     titles = (("error (%, log scale)", "all epochs"),
-              ("test error (%)", f"last epochs ({first_zoomed}-{last}), linear scale"),
+              ("test error (%)", f"last epochs ({first_zoomed}-{last}), linear scale"
+               + (f"; not shown (far above): {', '.join(left_out)}" if left_out else "")),
               ("loss (log scale; band: geometric mean ×÷ std)", "all epochs"))
     for ax, (ylabel, title) in zip((overview_error, zoom, overview_loss), titles):
         ax.set_xlabel("epoch")

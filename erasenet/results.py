@@ -167,6 +167,7 @@ def summarize(results: Iterable[dict]) -> list[dict]:
         row["seconds"] = mean_std(r.get("seconds") for r in ok)[0]
         row["proportion"], row["_family"] = proportion_of(first), reference_family(first)
         row["_unerased"] = [o for o in split_overrides(group) if override_key(o) != "erase.proportion"]
+        row["_name"] = name
         rows.append(row)
     for row in rows:
         add_reference(row, rows)
@@ -177,7 +178,7 @@ def add_reference(row: dict, rows: list[dict]) -> None:
     """``reference`` (the row it is compared with, None where there is none) and ``welch``: this row's test
     error minus the reference's. The reference is a row of the same family at proportion 0, preferring one
     whose other ``erase.*`` items are this row's too."""
-    row["reference"], row["welch"] = None, None
+    row["reference"], row["welch"], row["reference_differs"] = None, None, False
     if row["proportion"] is None or row["proportion"] == 0:
         return
     candidates = [r for r in rows if r["_family"] == row["_family"] and r["proportion"] == 0 and r["n"]]
@@ -185,8 +186,15 @@ def add_reference(row: dict, rows: list[dict]) -> None:
         return
     reference = max(candidates, key=lambda r: (r["_unerased"] == row["_unerased"], r["n"]))
     row["reference"] = reference["config"]
+    # a reference that is not simply this row's overrides at erase.proportion=0 is named under the table
+    row["reference_differs"] = (reference["_unerased"], reference["_name"]) != (row["_unerased"], row["_name"])
     if row["test_errors"]:
         row["welch"] = welch(row["test_errors"], reference["test_errors"])
+
+
+def _exact(n: float | None) -> str:
+    """11000 -> 11,000: a count whose every digit matters (ReLUs, compared by hand with papers)."""
+    return "—" if n is None else f"{round(n):,}"
 
 
 def _count(n: float | None) -> str:
@@ -226,8 +234,10 @@ def to_markdown(rows: list[dict]) -> str:
     top5 = any(not math.isnan(r["test_top5_error"]) for r in rows)
     train = any(r["paper_train"] is not None for r in rows)
     relus = any(r["relus"] for r in rows)
+    published = any(r["paper"] for r in rows)
     head = (["config", "n"] + [title for _, title in METRICS] + ["Δ test vs reference", "95% CI", "p (Welch)",
-            "n vs ref", "paper (%)", "diff"] + (["top-5 error (%)", "paper top-5", "diff top-5"] if top5 else [])
+            "n vs ref"] + (["paper (%)", "diff"] if published else [])
+            + (["top-5 error (%)", "paper top-5", "diff top-5"] if top5 else [])
             + (["train error (%)", "paper train", "diff train"] if train else []) + (["ReLUs"] if relus else [])
             + ["params", "MACs", "time/run (s)"])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -237,16 +247,16 @@ def to_markdown(rows: list[dict]) -> str:
         n = f"{r['n']}" + "".join(f" (+{r[k]} {k})" for k in ("failed", "unfinished") if r[k])
         cells = [r["config"], n] + [format_mean_std(r[k], r[k + "_std"]) for k, _ in METRICS]
         cells += significance_cells(r)
-        if r["reference"] and r["reference"] != r["config"]:
+        if r["reference_differs"]:
             references.append((r["config"], r["reference"]))
-        paper, published = r["paper"], "—"
+        paper, value = r["paper"], "—"
         if paper:
             source = (paper["source"], _title(paper.get("metric", "test_error")))
             sources += [source] if source not in sources else []
             std = paper.get("test_error_std")
-            published = format_mean_std(paper["test_error"], math.nan if std is None else std) + \
+            value = format_mean_std(paper["test_error"], math.nan if std is None else std) + \
                 f" [{sources.index(source) + 1}]"
-        cells += [published, _diff(r["diff"])]
+        cells += [value, _diff(r["diff"])] if published else []
         if top5:
             paper_top5 = "—" if r["paper_top5"] is None else f"{r['paper_top5']:.2f}"
             cells += [format_mean_std(r["test_top5_error"], r["test_top5_error_std"]), paper_top5,
@@ -254,26 +264,20 @@ def to_markdown(rows: list[dict]) -> str:
         if train:
             paper_train = "—" if r["paper_train"] is None else f"{r['paper_train']:.2f}"
             cells += [format_mean_std(r["train_error"], r["train_error_std"]), paper_train, _diff(r["train_diff"])]
-        cells += [_count(r["relus"])] if relus else []
+        cells += [_exact(r["relus"])] if relus else []
         cells += [_count(r["params"]), _count(r["macs"]), "—" if math.isnan(r["seconds"]) else f"{r['seconds']:.1f}"]
         lines.append("| " + " | ".join(cells) + " |")
     notes = ["Δ test vs reference: this row's mean test error minus its reference's (the same configuration at "
              "erase.proportion=0), the 95% confidence interval of that difference and the p-value of Welch's "
              "t-test (unequal variances); p < 0.05: the difference is unlikely to be seed noise. n < 2 on a side "
              "leaves no variance to test."]
-    notes += [f"Reference of {config}: {reference}." for config, reference in references
-              if _unique_reference(references)]
+    notes += [f"Reference of {config}: {reference}." for config, reference in references]
     notes += [f"[{i}] {src}; diff = this row's {metric} minus the published value." for i, (src, metric) in
               enumerate(sources, 1)]
     failures = [f"- {r['config']}, seed {seed}: {reason} ({run_dir})" for r in rows
                 for seed, run_dir, reason in r["failures"]]
     text = "\n".join(lines) + "\n\n" + "\n\n".join(notes) + "\n"
     return text + ("\nFailed runs:\n\n" + "\n".join(failures) + "\n" if failures else "")
-
-
-def _unique_reference(references: list[tuple[str, str]]) -> bool:
-    """Name each row's reference only when the rows do not all share one (then the table says enough)."""
-    return len({ref for _, ref in references}) > 1
 
 
 CSV_FIELDS = (["config", "n", "failed", "unfinished"] + [k for key, _ in METRICS for k in (key, key + "_std")]
