@@ -137,18 +137,19 @@ def plot(data: dict, path: Path, machine: str) -> Figure:
             row[col].set(xlabel="input x", ylabel="df/dx")
             image = row[col + 1].imshow(torch.outer(z, z).numpy(), cmap="RdBu_r", vmin=-2, vmax=2,
                                         extent=(-2, 2, 2, -2))
-            row[col + 1].set_title(f"{variant}: gradient correlation (nearby {r['correlation']:.3f})", fontsize=9)
+            row[col + 1].set_title(f"correlation of df/dx (nearby {r['correlation']:.3f})", fontsize=9)
             row[col + 1].set(xlabel="input x_j", ylabel="input x_i")
-            fig.colorbar(image, ax=row[col + 1], shrink=0.9).set_label("(g_i - mean)(g_j - mean) / var", fontsize=7)
+            fig.colorbar(image, ax=row[col + 1], shrink=0.9).set_label("normalised product", fontsize=7)
             row[col + 2].hist(r["rates"], bins=20, range=(0, 1))
-            row[col + 2].set_title(f"{variant}: activation rates (bimodality {r['bimodality']:.2f})", fontsize=9)
-            row[col + 2].set(xlabel="fraction of inputs where a neuron is on", ylabel="neurons of the last module")
+            row[col + 2].set_title(f"activation rates (bimodality {r['bimodality']:.2f})", fontsize=9)
+            row[col + 2].set(xlabel="share of inputs a neuron is on", ylabel="neurons (last module)")
     for ax in axes.flat:
         ax.tick_params(labelsize=7)
         ax.xaxis.label.set_size(8)
         ax.yaxis.label.set_size(8)
-    fig.suptitle("EraseReLU Figure 4 at initialisation: f: R -> R, one row per depth, ReLU (left three) and "
-                 "EraseReLU (right three); seed 0, numbers in the titles are this seed's; " + machine, fontsize=10)
+    fig.suptitle("EraseReLU Figure 4 at initialisation, f: R -> R: ReLU (left three panels), EraseReLU (right three); "
+                 "one row per depth. Correlation maps: (g_i - mean)(g_j - mean) / var of the gradients g at inputs "
+                 "x_i, x_j.\nSeed 0; numbers in the titles are this seed's; " + machine, fontsize=10)
     fig.savefig(path, dpi=80)
     return fig
 
