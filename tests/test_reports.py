@@ -437,3 +437,22 @@ def test_tensorboard_marks_swept_hyperparameters_as_differing(tmp_path, make_cfg
     differs = {info.name: info.differs for info in experiment.hparam_infos}
     assert differs["erase.proportion"] is True
     assert differs["model"] is False and differs["seed"] is False and differs["dataset.name"] is False
+
+
+def test_adding_a_published_value_to_a_finished_sweep_reuses_its_runs(tmp_path):
+    from conftest import run_cli
+
+    sweep = ["-m", "model=mlp", "dataset=digits", "schedule=quick", "schedule.epochs=1", "trainer.tensorboard=false",
+             "trainer.checkpoint=false", "name=published", "seed=0"]
+    first = run_cli(*sweep, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    again = run_cli(*sweep, 'paper.source="EraseReLU Table 2, ResNet-110, CIFAR-10"', "paper.test_error=6.43",
+                    cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    root = tmp_path / "multirun" / "published"
+    (run_dir,) = [p.parent for p in root.rglob("result.json")]
+    assert "paper" not in run_dir.name and "seed=0" in run_dir.name
+    assert "already finished" in again.stdout + again.stderr
+    (row,) = summarize(find_results(root))
+    assert row["n"] == 1 and "paper" not in row["config"]
+    assert row["paper"]["test_error"] == 6.43 and "6.43 [1]" in (root / "summary.md").read_text()
