@@ -456,3 +456,28 @@ def test_adding_a_published_value_to_a_finished_sweep_reuses_its_runs(tmp_path):
     (row,) = summarize(find_results(root))
     assert row["n"] == 1 and "paper" not in row["config"]
     assert row["paper"]["test_error"] == 6.43 and "6.43 [1]" in (root / "summary.md").read_text()
+
+
+def test_selection_states_whether_the_choice_beats_p0_at_the_5_percent_level(tmp_path, capsys):
+    from scipy import stats
+
+    from erasenet.select import verdict
+
+    val, chosen = {0: 9.0, 0.5: 5.0}, [5.3, 5.9, 5.2]
+    for seed, (original, erased) in enumerate(zip(P0, chosen)):
+        write_run(tmp_path, ["model=mlp", "erase.proportion=0", f"seed={seed}"], test=original, val=val[0])
+        write_run(tmp_path, ["model=mlp", "erase.proportion=0.5", f"seed={seed}"], test=erased, val=val[0.5])
+    for seed, original in enumerate(P0[len(chosen):], start=len(chosen)):
+        write_run(tmp_path, ["model=mlp", "erase.proportion=0", f"seed={seed}"], test=original, val=val[0])
+    (row,) = select(find_results(tmp_path))
+    expected = stats.ttest_ind(chosen, P0, equal_var=False).pvalue
+    assert row["proportion"] == 0.5 and expected < 0.05
+    assert row["verdict"].startswith("beats p=0 at the 5% level") and f"Welch p={expected:.3f}" in row["verdict"]
+    assert "n=3 vs 5" in row["verdict"]
+    assert select_main([str(tmp_path)]) == 0
+    assert "- model=mlp: p=0.5 beats p=0 at the 5% level" in capsys.readouterr().out
+    assert verdict([6.3, 6.5, 6.4], P0).startswith("does not beat p=0")  # same errors: no effect
+    assert verdict([5.0, 5.1], [9.0, 9.1, 9.2]).startswith("beats")
+    assert verdict([9.0, 9.1], [5.0, 5.1, 5.2]).startswith("does not beat")  # significant, but worse
+    assert verdict([5.0], P0) == "not testable: n < 2 on a side (1 vs 5)"
+    assert verdict([5.0, 5.2], []) == "no p=0 runs to compare with"
