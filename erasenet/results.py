@@ -270,13 +270,13 @@ def to_markdown(rows: list[dict]) -> str:
     notes = ["Δ test vs reference: this row's mean test error minus its reference's (the same configuration at "
              "erase.proportion=0), the 95% confidence interval of that difference and the p-value of Welch's "
              "t-test (unequal variances); p < 0.05: the difference is unlikely to be seed noise. n < 2 on a side "
-             "leaves no variance to test."]
+             "leaves no variance to test."] if any(r["welch"] for r in rows) else []
     notes += [f"Reference of {config}: {reference}." for config, reference in references]
     notes += [f"[{i}] {src}; diff = this row's {metric} minus the published value." for i, (src, metric) in
               enumerate(sources, 1)]
-    failures = [f"- {r['config']}, seed {seed}: {reason} ({run_dir})" for r in rows
+    failures = [f"- {r['config']}{'' if seed is None else f', seed {seed}'}: {reason} ({run_dir})" for r in rows
                 for seed, run_dir, reason in r["failures"]]
-    text = "\n".join(lines) + "\n\n" + "\n\n".join(notes) + "\n"
+    text = "\n".join(lines) + "\n" + "".join(f"\n{note}\n" for note in notes)
     return text + ("\nFailed runs:\n\n" + "\n".join(failures) + "\n" if failures else "")
 
 

@@ -481,3 +481,35 @@ def test_selection_states_whether_the_choice_beats_p0_at_the_5_percent_level(tmp
     assert verdict([9.0, 9.1], [5.0, 5.1, 5.2]).startswith("does not beat")  # significant, but worse
     assert verdict([5.0], P0) == "not testable: n < 2 on a side (1 vs 5)"
     assert verdict([5.0, 5.2], []) == "no p=0 runs to compare with"
+
+
+APP = '''
+import hydra
+
+@hydra.main(version_base=None, config_path=None, config_name=None)
+def main(cfg) -> None:
+    if cfg.x == 2:
+        raise RuntimeError("no memory left at x=2")
+
+main()
+'''
+
+
+def test_a_job_that_raises_is_recorded_by_the_summary_callback(tmp_path):
+    """A real Hydra multirun with erasenet's callback: the job that raised gets its failure record."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    (tmp_path / "app.py").write_text(APP)
+    proc = subprocess.run([sys.executable, "app.py", "-m", "+x=1,2", f"hydra.sweep.dir={tmp_path / 'sweep'}",
+                           "+hydra.callbacks.summary._target_=erasenet.results.SummaryCallback"], cwd=tmp_path,
+                          env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and "no memory left" in proc.stderr
+    assert json.loads((tmp_path / "sweep" / "1" / "failure.json").read_text())["failure"] == \
+        "RuntimeError: no memory left at x=2"
+    assert not (tmp_path / "sweep" / "0" / "failure.json").exists()
+    rows = {r["config"]: r for r in summarize(find_incomplete(tmp_path / "sweep"))}
+    assert rows["+x=2"]["failures"][0][2] == "RuntimeError: no memory left at x=2" and rows["+x=1"]["unfinished"] == 1
