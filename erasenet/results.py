@@ -95,8 +95,11 @@ def find_incomplete(root: Path) -> list[dict]:
 
 
 def _run_config(run_dir: Path) -> dict:
-    config_file = run_dir / ".hydra" / "config.yaml"
-    return OmegaConf.to_container(OmegaConf.load(config_file)) if config_file.exists() else {}
+    """The task config Hydra recorded for the run (unresolved), or {} where there is none that reads."""
+    try:
+        return OmegaConf.to_container(OmegaConf.load(run_dir / ".hydra" / "config.yaml"))
+    except Exception:  # missing or broken: the run is still counted, by its overrides alone
+        return {}
 
 
 def _read_failure(path: Path) -> str | None:
@@ -149,7 +152,7 @@ def summarize(results: Iterable[dict]) -> list[dict]:
     for (name, group), runs in sorted(groups.items()):
         ok = [r for r in runs if is_ok(r)]
         unfinished = [r for r in runs if r.get("status") == "unfinished"]
-        failed = [r for r in runs if not is_ok(r) and r not in unfinished]
+        failed = [r for r in runs if not is_ok(r) and r.get("status") != "unfinished"]
         label = group or "(defaults)"
         row: dict[str, Any] = {
             "config": f"{name}: {label}" if several_names and name else label, "n": len(ok),
