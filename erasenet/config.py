@@ -17,6 +17,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from .errors import UserError
+from .records import drop_metadata
 
 LOCATIONS = ("last", "first", "all")
 REPLACEMENTS = ("identity", "prelu")
@@ -130,9 +131,10 @@ class Config:
 def run_dirname(overrides: str, limit: int = 120) -> str:
     """A run directory's name from its overrides: as written when short, else a prefix and a hash of the whole.
 
-    File systems cap a name at 255 bytes, and a dozen overrides pass that.
+    File systems cap a name at 255 bytes, and a dozen overrides pass that. Metadata (``paper.*``) is left out:
+    it never changes which run a directory holds.
     """
-    name = overrides.replace("/", "%") or "defaults"
+    name = drop_metadata(overrides).replace("/", "%") or "defaults"
     if len(name) <= limit:
         return name
     return f"{name[:limit - 12]}..{hashlib.sha1(name.encode()).hexdigest()[:10]}"

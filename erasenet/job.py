@@ -9,12 +9,7 @@ from pathlib import Path
 from hydra.core.hydra_config import HydraConfig
 
 from .errors import UserError
-
-
-def run_group(overrides: list[str], excluded: list[str]) -> str:
-    """The overrides that define this run's configuration: all but the seed and the excluded keys."""
-    skip = set(excluded) | {"seed"}
-    return ",".join(sorted(o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in skip))
+from .records import run_group
 
 
 def job_context() -> tuple[Path, list[str], str]:

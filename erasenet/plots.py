@@ -1,14 +1,16 @@
 """Plots of a sweep, written next to its summary (PNG, matplotlib's Agg canvas: no display needed).
 
 - ``curves.png``: error and loss against epoch, one colour per configuration, a band of mean ± std over its
-  seeds; train solid, val dotted, test dashed (the EraseReLU paper's Figure 5/6 style).
-- ``proportion.png``: test accuracy against ``erase.proportion``, mean ± std over seeds, one line per family of
+  seeds; train solid, val dotted, test dashed (the EraseReLU paper's Figure 5/6 style). Error and loss are on log
+  axes, and a third panel zooms into the test error of the last epochs, where configurations differ.
+- ``proportion.png``: test error against ``erase.proportion``, mean ± std over seeds, one line per family of
   runs that differ only in proportion (the paper's Figure 3 style); only for sweeps over the proportion.
+- ``pareto.png``: test error against the ReLU count of one forward pass (the cost metric of ReLU-reduction
+  work), one line per family; only for sweeps over the proportion whose runs record ``relus``.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import statistics
@@ -16,37 +18,41 @@ import textwrap
 from pathlib import Path
 
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import FuncFormatter, MaxNLocator
 
-from .results import family_of, mean_std, proportion_of
+from .records import family_of, finite, group_of, is_ok, mean_std, proportion_of, read_metrics
 
 STYLES = (("train", "-"), ("val", ":"), ("test", "--"))
-
-
-def read_metrics(run_dir: Path) -> list[dict]:
-    """The run's per-epoch records in epoch order; a repeated epoch (a resumed run) keeps its last record."""
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    by_epoch = {}
-    for line in path.read_text().splitlines():
-        if line.strip():
-            record = json.loads(line)
-            by_epoch[record["epoch"]] = record
-    return [by_epoch[e] for e in sorted(by_epoch)]
+MANY_CONFIGS = 6  # above this, the overview panels draw test curves only, without bands
+ZOOM_FRACTION = 0.25  # the zoomed panel shows this last fraction of the epochs
+ZOOM_KEEP = 2.0  # the zoomed panel leaves out configurations whose final test error is above this × the best + 1
 
 
 def short_labels(configs: list[str]) -> tuple[list[str], str]:
-    """Each config's overrides that not every config shares, and the shared ones (for the title)."""
-    split = [re.split(r",(?=[\w.+~-]+=)", c) for c in configs]
+    """Each config's overrides that not every config shares (empty where nothing differs), and the shared ones."""
+    split = [re.split(r",(?=[\w.+~-]+=)", c) if c else [] for c in configs]
     common = [item for item in split[0] if all(item in items for items in split)] if split else []
-    labels = [",".join(i for i in items if i not in common) or "(all runs)" for items in split]
+    labels = [",".join(i for i in items if i not in common) for items in split]
     return labels, ",".join(common)
+
+
+def describe(result: dict) -> str:
+    """What a run trains, for a label when no override tells runs apart: ``resnet110 on cifar10``."""
+    model, dataset = result.get("model"), result.get("dataset")
+    return f"{model} on {dataset}" if model and dataset else "every run"
 
 
 def _caption(fig: Figure, text: str, common: str) -> None:
     width = int(fig.get_figwidth() * 12)  # characters of a 9-point title per inch
-    fig.suptitle("\n".join(textwrap.wrap(text + (f"; all runs: {common}" if common else ""), width)), fontsize=9)
+    fig.suptitle("\n".join(textwrap.wrap(text + (f"; every run: {common}" if common else ""), width)), fontsize=9)
+
+
+def _colour(i: int, n: int) -> str | tuple:
+    if n <= 10:
+        return f"C{i}"
+    from matplotlib import colormaps
+
+    return colormaps["viridis"](i / max(n - 1, 1))
 
 
 def epoch_band(runs: list[list[dict]], key: str, log: bool = False) -> tuple[list[int], list[float], list[float]]:
@@ -64,72 +70,156 @@ def epoch_band(runs: list[list[dict]], key: str, log: bool = False) -> tuple[lis
     return epochs, means, stds
 
 
-def plot_curves(groups: dict[str, list[list[dict]]], path: Path) -> None:
-    """Error and loss against epoch for every configuration (label -> the metrics of each of its seeds)."""
-    fig = Figure(figsize=(13, 5.5), layout="constrained")
-    axes = fig.subplots(1, 2)
+def _draw(ax, runs: list[list[dict]], key: str, style: str, colour, log: bool, band: bool, label: str | None,
+          first_epoch: int = 0) -> None:
+    epochs, means, stds = epoch_band(runs, key, log=log)
+    kept = [i for i, e in enumerate(epochs) if e >= first_epoch]
+    if not kept:
+        return
+    epochs, means, stds = [epochs[i] for i in kept], [means[i] for i in kept], [stds[i] for i in kept]
+    low, high = [m - s for m, s in zip(means, stds)], [m + s for m, s in zip(means, stds)]
+    if log:  # the band is mean ± std of log10: a geometric mean ×÷ geometric std, never below zero
+        means, low, high = ([10 ** v for v in vs] for vs in (means, low, high))
+    ax.plot(epochs, means, style, color=colour, label=label)
+    if band:
+        ax.fill_between(epochs, low, high, color=colour, alpha=0.2, linewidth=0)
+
+
+def plot_curves(groups: dict[str, list[list[dict]]], path: Path, fallback: str = "every run") -> Figure:
+    """Error and loss against epoch for every configuration (label -> the metrics of each of its seeds), and the
+    test error of the last epochs."""
+    fig = Figure(figsize=(16, 5.5), layout="constrained")
+    overview_error, zoom, overview_loss = fig.subplots(1, 3)
     labels, common = short_labels(list(groups))
+    many = len(groups) > MANY_CONFIGS
+    last = max((m["epoch"] for runs in groups.values() for records in runs for m in records), default=0)
+    first_zoomed = max(0, last - max(1, math.ceil(ZOOM_FRACTION * (last + 1))) + 1)
+    finals = {label: epoch_band(runs, "test_error")[1][-1:] for label, runs in zip(labels, groups.values())}
+    best = min((f[0] for f in finals.values() if f), default=0.0)
+    left_out = sorted(label or fallback for label, f in finals.items() if f and f[0] > ZOOM_KEEP * best + 1)
     for i, (label, runs) in enumerate(zip(labels, groups.values())):
-        colour = f"C{i % 10}"
+        colour = _colour(i, len(groups))
+        legend = f"{label or fallback} (n={len(runs)})"
         for split, style in STYLES:
-            for ax, metric in zip(axes, ("error", "loss")):
-                # losses span decades (early evaluations of a fresh BN net): their band is mean ± std of log10
-                log = metric == "loss"
-                epochs, means, stds = epoch_band(runs, f"{split}_{metric}", log=log)
-                if not epochs:
-                    continue
-                low, high = [m - s for m, s in zip(means, stds)], [m + s for m, s in zip(means, stds)]
-                if log:
-                    means, low, high = ([10 ** v for v in vs] for vs in (means, low, high))
-                first = ax is axes[0] and split == "train"
-                ax.plot(epochs, means, style, color=colour, label=f"{label} (n={len(runs)})" if first else None)
-                ax.fill_between(epochs, low, high, color=colour, alpha=0.2, linewidth=0)
-    axes[1].set_yscale("log")
-    for ax, metric in zip(axes, ("error (%)", "loss (geometric mean × ÷ std)")):
+            if many and split != "test":
+                continue
+            for ax, metric in ((overview_error, "error"), (overview_loss, "loss")):
+                _draw(ax, runs, f"{split}_{metric}", style, colour, log=True, band=not many,
+                      label=legend if ax is overview_error and style == STYLES[-1][1] else None)
+        if (label or fallback) not in left_out:
+            _draw(zoom, runs, "test_error", "--", colour, log=False, band=True, label=None, first_epoch=first_zoomed)
+    for ax in (overview_error, overview_loss):
+        ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        # label the minor ticks 2 and 5 of each decade only: all nine crowd into each other
+        ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if v > 0 and f"{v:.0e}"[0] in "25" else ""))
+    overview_error.tick_params(axis="y", which="minor", labelsize=7)
+    titles = (("error (%, log scale)", "all epochs"),
+              ("test error (%)", f"last epochs ({first_zoomed}-{last}), linear scale"
+               + (f"; not shown (far above): {', '.join(left_out)}" if left_out else "")),
+              ("loss (log scale; band: geometric mean ×÷ std)", "all epochs"))
+    for ax, (ylabel, title) in zip((overview_error, zoom, overview_loss), titles):
         ax.set_xlabel("epoch")
-        ax.set_ylabel(metric)
+        ax.set_ylabel(ylabel)
+        ax.set_title(title, fontsize=9)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.grid(alpha=0.3)
-    _caption(fig, "mean ± std over seeds; train solid, val dotted, test dashed", common)
-    fig.legend(loc="outside lower center", ncols=min(3, len(labels)), fontsize="small")
+        ax.grid(alpha=0.3, which="both" if ax is not zoom else "major")
+    splits = "test dashed" if many else "train solid, val dotted, test dashed"
+    _caption(fig, f"mean ± std over seeds; {splits}", common)
+    fig.legend(loc="outside lower center", ncols=min(4, len(labels)), fontsize="small")
     fig.savefig(path, dpi=100)
+    return fig
 
 
-def plot_proportions(results: list[dict], path: Path) -> None:
-    """Test accuracy (100 - test error) against erase.proportion, one line per family, mean ± std over seeds."""
-    families: dict[str, dict[float, list[float]]] = {}
+def _families(results: list[dict]) -> tuple[dict[str, list[dict]], list[str], str]:
+    families: dict[str, list[dict]] = {}
     for r in results:
-        if r.get("test_error") is not None:
-            families.setdefault(family_of(r), {}).setdefault(proportion_of(r), []).append(100.0 - r["test_error"])
+        if r.get("test_error") is not None and proportion_of(r) is not None:
+            families.setdefault(family_of(r), []).append(r)
+    names = sorted(families)
+    labels, common = short_labels([n if n != "(defaults)" else "" for n in names])
+    fallback = describe(next(iter(families.values()))[0]) if families else "every run"
+    return {label or fallback: families[n] for label, n in zip(labels, names)}, names, common
+
+
+def _error_bars(values: list[float]) -> tuple[float, float, float]:
+    """Mean and the lower and upper bar of ± one std, clipped to the possible range of an error, [0, 100]."""
+    mean, std = mean_std(values)
+    std = 0.0 if math.isnan(std) else std
+    return mean, min(std, mean), min(std, 100.0 - mean)
+
+
+def _swept(results: list[dict]) -> str:
+    return ", ".join(f"{p:g}" for p in sorted({proportion_of(r) for r in results if proportion_of(r) is not None}))
+
+
+def plot_proportions(results: list[dict], path: Path) -> Figure:
+    """Test error against erase.proportion, one line per family, mean ± std over seeds."""
+    families, _, common = _families(results)
     fig = Figure(figsize=(8, 5), layout="constrained")
     ax = fig.subplots()
-    labels, common = short_labels(sorted(families))
-    for label, (_, by_p) in zip(labels, sorted(families.items())):
+    for label, runs in families.items():
+        by_p: dict[float, list[float]] = {}
+        for r in runs:
+            by_p.setdefault(proportion_of(r), []).append(r["test_error"])
         ps = sorted(by_p)
-        stats = [mean_std(by_p[p]) for p in ps]
-        ax.errorbar(ps, [m for m, _ in stats], yerr=[0.0 if math.isnan(s) else s for _, s in stats], marker="o",
-                    capsize=3, label=f"{label} (n={max(len(v) for v in by_p.values())})")
-    ax.set_xlabel("erase.proportion (fraction of blocks with the ReLU erased)")
-    ax.set_ylabel("test accuracy (%)")
-    _caption(fig, "test accuracy against proportion, mean ± std over seeds", common)
+        bars = [_error_bars(by_p[p]) for p in ps]
+        ax.errorbar(ps, [m for m, _, _ in bars], yerr=[[lo for _, lo, _ in bars], [hi for _, _, hi in bars]],
+                    marker="o", capsize=3, label=f"{label} (n={max(len(v) for v in by_p.values())} per point)")
+    ax.set_xlabel("erase.proportion (fraction of blocks whose ReLU is erased)")
+    ax.set_ylabel("test error (%)")
+    _caption(fig, f"Test error against erase.proportion (swept: {_swept(results)}), mean ± std over seeds", common)
     ax.grid(alpha=0.3)
-    fig.legend(loc="outside lower center", ncols=min(3, len(labels)), fontsize="small")
+    fig.legend(loc="outside lower center", ncols=min(3, len(families)), fontsize="small")
     fig.savefig(path, dpi=100)
+    return fig
+
+
+def plot_pareto(results: list[dict], path: Path) -> Figure:
+    """Test error against the ReLU count of one forward pass, one line per family, each point labelled with its
+    proportion: the trade a ReLU-reduction paper plots."""
+    families, _, common = _families([r for r in results if r.get("relus") is not None])
+    fig = Figure(figsize=(8, 5), layout="constrained")
+    ax = fig.subplots()
+    for label, runs in families.items():
+        by_p: dict[float, list[dict]] = {}
+        for r in runs:
+            by_p.setdefault(proportion_of(r), []).append(r)
+        points = sorted((statistics.fmean(finite(r["relus"] for r in rs)), p, _error_bars([r["test_error"] for r in rs]))
+                        for p, rs in by_p.items())
+        line = ax.errorbar([x for x, _, _ in points], [b[0] for _, _, b in points],
+                           yerr=[[b[1] for _, _, b in points], [b[2] for _, _, b in points]], marker="o", capsize=3,
+                           label=label)
+        for x, p, (mean, _, _) in points:
+            ax.annotate(f"p={p:g}", (x, mean), textcoords="offset points", xytext=(4, 4), fontsize=7,
+                        color=line[0].get_color())
+    ax.set_xlabel("ReLU elements in one forward pass on one image")
+    ax.set_ylabel("test error (%)")
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
+    _caption(fig, "Test error against ReLU count (erase.proportion labelled), mean ± std over seeds", common)
+    ax.grid(alpha=0.3)
+    fig.legend(loc="outside lower center", ncols=min(3, len(families)), fontsize="small")
+    fig.savefig(path, dpi=100)
+    return fig
 
 
 def write_plots(root: Path, results: list[dict]) -> list[Path]:
     """Draw the sweep's plots into ``root`` from its finished runs; return the files written."""
     root, written = Path(root), []
-    ok = [r for r in results if r.get("status", "ok") == "ok"]
+    ok = [r for r in results if is_ok(r)]
     groups: dict[str, list[list[dict]]] = {}
-    for r in sorted(ok, key=lambda r: r.get("group", "")):
+    for r in sorted(ok, key=group_of):
         records = read_metrics(r["_dir"])
         if records:
-            groups.setdefault(r.get("group") or "(defaults)", []).append(records)
+            groups.setdefault(group_of(r), []).append(records)
     if groups:
-        plot_curves(groups, root / "curves.png")
+        plot_curves(groups, root / "curves.png", fallback=describe(ok[0]))
         written.append(root / "curves.png")
     if len({proportion_of(r) for r in ok if proportion_of(r) is not None}) > 1:
         plot_proportions(ok, root / "proportion.png")
         written.append(root / "proportion.png")
+        with_relus = [r for r in ok if r.get("relus") is not None]
+        if len({r["relus"] for r in with_relus}) > 1:
+            plot_pareto(with_relus, root / "pareto.png")
+            written.append(root / "pareto.png")
     return written

@@ -4,7 +4,8 @@
 
 Runs below DIR are grouped into families that differ only in seed and ``erase.proportion``. In each family the
 proportion (among the candidates) with the lowest mean best-validation error over seeds is chosen; the test error
-of that choice is reported. The test set never takes part in the choice.
+of that choice is reported, with whether it beats the original network (p=0) on test error at the 5% level
+(Welch's t-test, two-sided, over seeds). The test set never takes part in the choice.
 """
 
 from __future__ import annotations
@@ -15,19 +16,29 @@ import sys
 from pathlib import Path
 
 from .errors import UserError
-from .results import family_of, find_results, mean_std, proportion_of
+from .records import family_of, format_p, format_values, is_ok, mean_std, proportion_of
+from .results import find_results
+from .stats import welch
 
 PAPER_CANDIDATES = (0.25, 0.5, 0.75, 1.0)  # EraseReLU Sec. 4: selected from {25, 50, 75, 100}% on validation
+LEVEL = 0.05  # the significance level of "beats p=0"
 
 
-def _pm(values: list[float]) -> str:
-    mean, std = mean_std(values)
-    return "—" if math.isnan(mean) else f"{mean:.2f} ± {std:.2f}" if not math.isnan(std) else f"{mean:.2f}"
+def verdict(chosen: list[float], original: list[float]) -> str:
+    """Whether the chosen proportion's test error is lower than the original network's at the 5% level."""
+    if not original:
+        return "no p=0 runs to compare with"
+    w = welch(chosen, original)
+    if not w.testable:
+        return f"not testable: n < 2 on a side ({w.n_a} vs {w.n_b})"
+    beats = w.diff < 0 and w.p < LEVEL
+    return (f"{'beats' if beats else 'does not beat'} p=0 at the 5% level: Δ {w.diff:+.2f} "
+            f"[{w.low:+.2f}, {w.high:+.2f}], Welch p={format_p(w.p)}, n={w.n_a} vs {w.n_b}")
 
 
 def select(results: list[dict], among: tuple[float, ...] = PAPER_CANDIDATES) -> list[dict]:
     """One row per family: the chosen proportion, its val and test errors over seeds, and every candidate's val mean."""
-    ok = [r for r in results if r.get("status", "ok") == "ok"]
+    ok = [r for r in results if is_ok(r)]
     no_val = sorted({r["_dir"] for r in ok if r.get("best_val_error") is None})
     if no_val:
         raise UserError(f"{len(no_val)} run(s) have no validation error (e.g. {no_val[0]}): they were trained with "
@@ -51,23 +62,25 @@ def select(results: list[dict], among: tuple[float, ...] = PAPER_CANDIDATES) -> 
         runs = by_p[chosen]
         original = [r["test_error"] for r in ok if family_of(r) == family and proportion_of(r) == 0.0]
         rows.append({"family": family, "proportion": chosen, "n": len(runs), "val_means": val_means,
-                     "best_val_error": _pm([r["best_val_error"] for r in runs]),
-                     "test_error": _pm([r["test_error"] for r in runs]),
-                     "test_error_at_best_val": _pm([r["test_error_at_best_val"] for r in runs]),
-                     "original_test_error": _pm(original) + (f" (n={len(original)})" if original else "")})
+                     "best_val_error": format_values(r["best_val_error"] for r in runs),
+                     "test_error": format_values(r["test_error"] for r in runs),
+                     "test_error_at_best_val": format_values(r["test_error_at_best_val"] for r in runs),
+                     "original_test_error": format_values(original) + (f" (n={len(original)})" if original else ""),
+                     "verdict": verdict([r["test_error"] for r in runs], original)})
     return rows
 
 
 def to_markdown(rows: list[dict]) -> str:
     head = ["family", "chosen proportion", "n", "best val error (%)", "test error (%)", "test @ best val (%)",
-            "original (p=0) test error (%)", "mean best val error per candidate"]
+            "original (p=0) test error (%)", "vs p=0 on test error", "mean best val error per candidate"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         candidates = ", ".join(f"{p:g}: {v:.2f}" for p, v in r["val_means"].items())
         lines.append("| " + " | ".join([r["family"], f"{r['proportion']:g}", str(r["n"]), r["best_val_error"],
                                         r["test_error"], r["test_error_at_best_val"], r["original_test_error"],
-                                        candidates]) + " |")
-    return "\n".join(lines) + "\n"
+                                        r["verdict"], candidates]) + " |")
+    verdicts = [f"- {r['family']}: p={r['proportion']:g} {r['verdict']}." for r in rows]
+    return "\n".join(lines) + "\n\n" + "\n".join(verdicts) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -89,7 +102,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     markdown = (f"# Proportion chosen on validation in {args.dir}\n\nPer family (runs differing only in seed and "
                 f"erase.proportion), the candidate ({args.among}) with the lowest mean best-val error; errors in %, "
-                f"mean ± sample std over seeds. The test set took no part in the choice.\n\n" + to_markdown(rows))
+                f"mean ± sample std over seeds. The test set took no part in the choice. \"vs p=0\": the chosen "
+                f"proportion's mean test error minus the original network's, its 95% confidence interval and "
+                f"Welch's two-sided p-value; it beats p=0 when it is lower with p < 0.05.\n\n" + to_markdown(rows))
     (args.dir / "selection.md").write_text(markdown)
     print(markdown + f"\nwritten to {args.dir / 'selection.md'}")
     return 0

@@ -2,7 +2,9 @@
 
 Train, val and test curves of one metric share a chart (``error/train``, ``error/val``, ``error/test``), and
 runs are named by their directories, which are named by their overrides, so ``tensorboard --logdir SWEEP``
-overlays the seeds and proportions of a sweep.
+overlays the seeds and proportions of a sweep. Each run writes only its own HParams session, no experiment
+summary: TensorBoard then derives the experiment from all the sessions it finds and marks the hyperparameters
+whose values differ between runs (the swept ones) as differing.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ from __future__ import annotations
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
+
+from .records import override_key, override_value
 
 SPLITS = ("train", "val", "test")
 # Config keys every run's HParams entry carries, whether or not the command line set them.
@@ -26,8 +30,8 @@ def scalar_tag(key: str) -> str:
 
 def hparams(cfg: DictConfig, overrides: list[str]) -> dict[str, Any]:
     """The run's hyperparameters: the fixed keys above plus every key its command line overrode."""
-    keys = list(HPARAM_KEYS) + [o.split("=", 1)[0].lstrip("+~") for o in overrides if "=" in o]
-    values = dict(o.lstrip("+~").split("=", 1) for o in overrides if "=" in o)
+    keys = list(HPARAM_KEYS) + [override_key(o) for o in overrides if "=" in o]
+    values = {override_key(o): override_value(o) for o in overrides if "=" in o}
     out: dict[str, Any] = {}
     for key in keys:
         value = OmegaConf.select(cfg, key, default=None)
@@ -37,6 +41,15 @@ def hparams(cfg: DictConfig, overrides: list[str]) -> dict[str, Any]:
 
 
 def write_hparams(writer: Any, cfg: DictConfig, overrides: list[str], result: dict) -> None:
-    """Add the HParams entry to the run's own event directory, so the HParams tab lists one row per run."""
+    """Add the run's HParams session (its hyperparameters and final metrics) to its own event directory, so the
+    HParams tab lists one row per run."""
+    from torch.utils.tensorboard.summary import hparams as hparams_summaries
+
     metrics = {f"final/{k}": result[k] for k in FINAL_METRICS if result.get(k) is not None}
-    writer.add_hparams(hparams(cfg, overrides), metrics, run_name=".")
+    # the experiment summary torch writes along would declare every hyperparameter as not differing; without it
+    # TensorBoard compares the sessions of all runs itself
+    _experiment, session_start, session_end = hparams_summaries(hparams(cfg, overrides), metrics)
+    writer.file_writer.add_summary(session_start)
+    writer.file_writer.add_summary(session_end)
+    for key, value in metrics.items():
+        writer.add_scalar(key, value)

@@ -49,3 +49,15 @@ def test_cli_writes_the_figure_and_its_numbers(tmp_path):
     assert data["summary"][2]["correlation"] == pytest.approx(mean)
     with Image.open(tmp_path / "shattered.png") as image:
         assert image.format == "PNG" and image.size[0] > 1000
+
+
+def test_figure_panels_have_axis_labels_and_colorbars(tmp_path):
+    from erasenet.analysis.shattered import plot, run
+
+    fig = plot(run([2, 8], seeds=1, points=60, width=16), tmp_path / "shattered.png", "test machine")
+    panels = [ax for ax in fig.axes if ax.get_label() != "<colorbar>"]
+    colorbars = [ax for ax in fig.axes if ax.get_label() == "<colorbar>"]
+    assert len(panels) == 2 * 6 and len(colorbars) == 2 * 2  # one per correlation map
+    assert all(ax.get_xlabel() and ax.get_ylabel() for ax in panels)
+    assert all(ax.get_ylabel() for ax in colorbars)
+    assert {ax.get_ylabel() for ax in panels} >= {"df/dx", "input x_i", "neurons (last module)"}

@@ -30,12 +30,16 @@ import platform
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn as nn
 
 from ..erase import ErasePolicy, apply_erase
 from ..models.base import Block
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 VARIANTS = ("ReLU", "EraseReLU")
 CORRELATION_DISTANCE = 0.1  # inputs closer than this count as "nearby" for the correlation summary
@@ -115,12 +119,12 @@ def run(depths: list[int], *, seeds: int = 3, points: int = 1000, width: int = 2
             "summary": summary, "runs": runs}
 
 
-def plot(data: dict, path: Path, machine: str) -> None:
+def plot(data: dict, path: Path, machine: str) -> Figure:
     """One row per depth: for ReLU, then EraseReLU, df/dx over x, the correlation matrix, the rate histogram."""
     from matplotlib.figure import Figure
 
     depths = data["settings"]["depths"]
-    fig = Figure(figsize=(16, 2.4 * len(depths) + 0.6), layout="constrained")
+    fig = Figure(figsize=(17, 2.9 * len(depths) + 0.8), layout="constrained")
     axes = fig.subplots(len(depths), 6, squeeze=False)
     x = torch.linspace(-2.0, 2.0, data["settings"]["points"]).tolist()
     for row, depth in zip(axes, depths):
@@ -129,16 +133,25 @@ def plot(data: dict, path: Path, machine: str) -> None:
             g = torch.tensor(r["gradients"])
             z = ((g - g.mean()) / g.std(unbiased=False).clamp_min(1e-30))[::max(1, len(g) // 250)]  # screen pixels
             row[col].plot(x, r["gradients"], linewidth=0.6)
-            row[col].set_title(f"{variant}, {depth} modules: df/dx", fontsize=9)
-            row[col + 1].imshow(torch.outer(z, z).numpy(), cmap="RdBu_r", vmin=-2, vmax=2, extent=(-2, 2, 2, -2))
-            row[col + 1].set_title(f"correlation, nearby {r['correlation']:.3f}", fontsize=9)
+            row[col].set_title(f"{variant}, {depth} modules: gradient", fontsize=9)
+            row[col].set(xlabel="input x", ylabel="df/dx")
+            image = row[col + 1].imshow(torch.outer(z, z).numpy(), cmap="RdBu_r", vmin=-2, vmax=2,
+                                        extent=(-2, 2, 2, -2))
+            row[col + 1].set_title(f"correlation of df/dx (nearby {r['correlation']:.3f})", fontsize=9)
+            row[col + 1].set(xlabel="input x_j", ylabel="input x_i")
+            fig.colorbar(image, ax=row[col + 1], shrink=0.9).set_label("normalised product", fontsize=7)
             row[col + 2].hist(r["rates"], bins=20, range=(0, 1))
-            row[col + 2].set_title(f"activation rates, bimodality {r['bimodality']:.2f}", fontsize=9)
-    for ax in axes[-1]:
+            row[col + 2].set_title(f"activation rates (bimodality {r['bimodality']:.2f})", fontsize=9)
+            row[col + 2].set(xlabel="share of inputs a neuron is on", ylabel="neurons (last module)")
+    for ax in axes.flat:
         ax.tick_params(labelsize=7)
-    fig.suptitle("EraseReLU Figure 4 at initialisation (seed 0; numbers in the titles are this seed's), " + machine,
-                 fontsize=10)
+        ax.xaxis.label.set_size(8)
+        ax.yaxis.label.set_size(8)
+    fig.suptitle("EraseReLU Figure 4 at initialisation, f: R -> R: ReLU (left three panels), EraseReLU (right three); "
+                 "one row per depth. Correlation maps: (g_i - mean)(g_j - mean) / var of the gradients g at inputs "
+                 "x_i, x_j.\nSeed 0; numbers in the titles are this seed's; " + machine, fontsize=10)
     fig.savefig(path, dpi=80)
+    return fig
 
 
 def main(argv: list[str] | None = None) -> int:

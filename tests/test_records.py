@@ -1,0 +1,86 @@
+"""The torch-free helpers that read run records, and Welch's comparison checked against SciPy."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from scipy import stats as scipy_stats
+
+from erasenet.config import run_dirname
+from erasenet.records import (drop_metadata, family_of, final_train_error, format_mean_std, group_of, mean_std,
+                              override_key, run_group, split_overrides)
+from erasenet.stats import t_ppf, t_sf, welch
+from conftest import REPO
+
+
+def test_records_module_loads_neither_torch_nor_hydra():
+    code = ("import sys, erasenet.records, erasenet.stats; "
+            "print(sorted(m for m in ('torch', 'hydra', 'omegaconf') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_override_items_keep_commas_inside_values():
+    joined = 'erase.proportion=0.5,paper.source="Table 2, ResNet-110",schedule.milestones=[2,3],+trainer.x=1'
+    assert split_overrides(joined) == ["erase.proportion=0.5", 'paper.source="Table 2, ResNet-110"',
+                                       "schedule.milestones=[2,3]", "+trainer.x=1"]
+    assert [override_key(o) for o in split_overrides(joined)] == ["erase.proportion", "paper.source",
+                                                                 "schedule.milestones", "trainer.x"]
+    assert drop_metadata(joined) == "erase.proportion=0.5,schedule.milestones=[2,3],+trainer.x=1"
+
+
+def test_published_values_never_change_a_run_identity():
+    plain = ["model=resnet110", "erase.proportion=1", "seed=3"]
+    with_paper = plain + ["paper.source=EraseReLU Table 2", "paper.test_error=5.78", "+paper.proportion=1"]
+    assert run_group(with_paper, ["trainer.device"]) == run_group(plain, []) == "erase.proportion=1,model=resnet110"
+    assert run_dirname("erase.proportion=1,model=resnet110,paper.source=EraseReLU Table 2, ResNet-110,"
+                       "paper.test_error=5.78,seed=3") == "erase.proportion=1,model=resnet110,seed=3"
+    # results written before metadata was left out are grouped with the new ones
+    old = {"group": "erase.proportion=1,model=resnet110,paper.test_error=5.78", "erase": {"proportion": 1.0}}
+    assert group_of(old) == "erase.proportion=1,model=resnet110" and family_of(old) == "model=resnet110"
+
+
+def test_mean_std_and_format_skip_missing_and_diverged_values():
+    assert mean_std([1.0, None, float("nan"), 3.0]) == (2.0, pytest.approx(2 ** 0.5))
+    assert format_mean_std(*mean_std([5.0])) == "5.00" and format_mean_std(*mean_std([])) == "—"
+
+
+def test_final_train_error_falls_back_to_the_last_epoch_of_the_metrics(tmp_path):
+    lines = [{"epoch": 1, "train_error": 40.0}, {"epoch": 2, "train_error": 12.5}, {"epoch": 2, "train_error": 11.0}]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines) + '{"epoch": 3, "tra')
+    assert final_train_error({"_dir": str(tmp_path)}) == 11.0  # resumed epoch 2 counts once; a torn line is skipped
+    assert final_train_error({"_dir": str(tmp_path), "train_error": 9.0}) == 9.0
+
+
+@pytest.mark.parametrize("a, b", [
+    ([5.5, 6.0, 6.5, 5.9, 6.1], [6.4, 6.5, 6.3, 6.6, 6.45]),   # equal n
+    ([1.0, 4.0, 2.5], [2.0, 2.1, 2.05, 1.95, 2.02, 2.0, 2.1]),  # unequal n, unequal variances
+    ([10.0, 30.0], [1.0, 1.5, 1.2, 1.1]),                       # n=2, a large variance
+    ([0.5, 0.51, 0.49, 0.5], [0.7, 0.9]),
+])
+def test_welch_agrees_with_scipy(a, b):
+    ours = welch(a, b)
+    ref = scipy_stats.ttest_ind(a, b, equal_var=False)
+    ci = ref.confidence_interval(0.95)
+    assert ours.p == pytest.approx(ref.pvalue, rel=1e-9)
+    assert ours.df == pytest.approx(ref.df, rel=1e-12)
+    assert (ours.low, ours.high) == (pytest.approx(ci.low, rel=1e-9), pytest.approx(ci.high, rel=1e-9))
+    assert ours.diff == pytest.approx(sum(a) / len(a) - sum(b) / len(b))
+
+
+@pytest.mark.parametrize("df", [1.0, 1.7, 4.0, 13.3, 120.0])
+def test_t_distribution_agrees_with_scipy(df):
+    for t in (0.0, 0.3, 1.0, 2.5, 8.0):
+        assert t_sf(t, df) == pytest.approx(scipy_stats.t.sf(t, df), rel=1e-10, abs=1e-300)
+    for q in (0.9, 0.975, 0.999):
+        assert t_ppf(q, df) == pytest.approx(scipy_stats.t.ppf(q, df), rel=1e-9)
+
+
+def test_welch_says_when_there_is_nothing_to_test():
+    one = welch([5.0], [6.0, 6.5])
+    assert not one.testable and one.n_a == 1 and one.p != one.p  # NaN
+    constant = welch([1.0, 1.0], [2.0, 2.0])
+    assert constant.p == 0.0 and constant.diff == -1.0
