@@ -1,6 +1,7 @@
 """The erase policy: which blocks, which ReLU site in each, and what replaces it.
 
-It knows no architecture: it reads the ReLU-site contract of ``erasenet.models.base``.
+It knows no architecture. A zoo model declares its sites (the ReLU-site contract of ``erasenet.models.base``);
+any other network is analysed from its computation graph (``erasenet.graph_sites``).
 """
 
 from __future__ import annotations
@@ -9,10 +10,15 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 import math
 
+from typing import Sequence
+
 import torch.nn as nn
 
-from .config import REPLACEMENTS
+from . import graph_sites
 from .models.base import Block, iter_blocks
+
+# What an erased site becomes: nothing (EraseReLU), or a learned slope (PReLU, one per site, 0.25 at start).
+REPLACEMENTS: dict[str, type[nn.Module]] = {"identity": nn.Identity, "prelu": nn.PReLU}
 
 
 @dataclass(frozen=True)
@@ -85,15 +91,67 @@ def _site_names(block_name: str, block: Block, location: str) -> list[str]:
 
 
 def _replacement(kind: str) -> nn.Module:
-    if kind == "identity":
-        return nn.Identity()
-    if kind == "prelu":
-        return nn.PReLU()
-    raise ValueError(f"erase.replace must be one of {', '.join(REPLACEMENTS)}, got {kind!r}")
+    if kind not in REPLACEMENTS:
+        raise ValueError(f"erase.replace must be one of {', '.join(REPLACEMENTS)}, got {kind!r}")
+    return REPLACEMENTS[kind]()
 
 
-def apply_erase(model: nn.Module, policy: ErasePolicy) -> EraseRecord:
-    """Swap the chosen ReLU sites of ``model`` in place; return the record of what changed."""
+def is_zoo_model(model: nn.Module) -> bool:
+    """True when ``model`` declares its sites (it contains erasenet Blocks); others are analysed by graph."""
+    return any(True for _ in iter_blocks(model))
+
+
+def model_activations(model: nn.Module, activations: Sequence | None = None) -> tuple[type[nn.Module], ...]:
+    """The activation classes whose calls are sites: ``activations``, else the model's ``site_activations``
+    attribute (set by the external-model builders), else ``nn.ReLU``."""
+    chosen = activations if activations is not None else getattr(model, "site_activations", None)
+    return graph_sites.resolve_activations(chosen) if chosen is not None else (nn.ReLU,)
+
+
+def _chosen(block: graph_sites.GraphBlock, location: str) -> list[graph_sites.CallSite]:
+    sites = block.sites
+    if location == "last" and not block.ends_with_site:
+        raise ValueError(f"erase.location=last names the activation after a block's residual addition, but block "
+                         f"{block.name!r} has none (its sites: {', '.join(block.site_names)}); name a site by index "
+                         f"(erase.location=1..{len(sites)}), first or all")
+    if location == "last":
+        return [sites[-1]]
+    if location == "first":
+        return [sites[0]]
+    if location == "all":
+        return list(sites)
+    if location.isdigit() and 1 <= int(location) <= len(sites):
+        return [sites[int(location) - 1]]
+    raise ValueError(f"erase.location={location!r} does not exist in block {block.name!r}, whose sites are "
+                     f"{', '.join(block.site_names)}; use last, first, all or a site index 1..{len(sites)}")
+
+
+def plan_erase(model: nn.Module, policy: ErasePolicy, activations: Sequence | None = None,
+               found: graph_sites.GraphSites | None = None) -> tuple[EraseRecord, list[graph_sites.CallSite]]:
+    """What ``policy`` would change in a model without declared sites, without changing it."""
+    found = found or graph_sites.analyse(model, model_activations(model, activations))
+    record = EraseRecord(policy, len(found.blocks))
+    chosen: list[graph_sites.CallSite] = []
+    _replacement(policy.replace)
+    for index in select_blocks(len(found.blocks), policy.proportion):
+        sites = _chosen(found.blocks[index - 1], policy.location)
+        chosen += sites
+        record.sites += [s.name for s in sites]
+        record.blocks.append(index)
+    return record, chosen
+
+
+def apply_erase(model: nn.Module, policy: ErasePolicy, activations: Sequence | None = None) -> EraseRecord:
+    """Swap the chosen ReLU sites of ``model`` in place; return the record of what changed.
+
+    ``activations`` (classes, ``relu``/``relu6`` or dotted class names) says which activation calls are sites
+    in a model without declared sites; zoo models always use their declared ``nn.ReLU`` sites.
+    """
+    if not is_zoo_model(model):
+        found = graph_sites.analyse(model, model_activations(model, activations))
+        record, chosen = plan_erase(model, policy, found=found)
+        graph_sites.erase_calls(model, found, chosen, lambda: _replacement(policy.replace))
+        return record
     blocks = list(iter_blocks(model))
     record = EraseRecord(policy, len(blocks))
     for index in select_blocks(len(blocks), policy.proportion):
