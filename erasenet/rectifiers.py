@@ -1,4 +1,4 @@
-"""Every rectifier one forward pass evaluates, however it is called, and the ReLU count of a network.
+"""Every rectifier one forward pass evaluates, however it is called: the ReLU count and the site contract.
 
 A ``TorchDispatchMode`` sees the ATen operators a forward pass runs, below every Python spelling: ``nn.ReLU``,
 ``F.relu``, ``torch.relu``, ``Tensor.relu``/``relu_`` and ``inplace=True`` all arrive as ``aten.relu`` or
@@ -13,7 +13,7 @@ activations are not counted.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import torch
 import torch.nn as nn
@@ -87,3 +87,28 @@ def rectifier_calls(model: nn.Module, input_shape: Sequence[int], batch: int = 1
 def count_relus(model: nn.Module, input_shape: Sequence[int]) -> int:
     """Scalar ReLU and PReLU evaluations of one forward pass on one image of ``input_shape`` (C, H, W)."""
     return sum(call.elements for call in rectifier_calls(model, input_shape))
+
+
+def contract_violations(calls: Iterable[RectifierCall], declared: Sequence[str]) -> list[str]:
+    """How the rectifiers a forward pass ran break the ReLU-site contract (none: it holds).
+
+    The contract: every rectifier that runs is an ``nn.ReLU`` module's own call, and those calls name exactly
+    the ``declared`` sites, each once, in declared order. A functional ReLU (``F.relu``, ``torch.relu``,
+    ``Tensor.relu_``...) shows up as a call from some other module's forward and breaks it.
+    """
+    calls = list(calls)
+    problems = [f"{c.op} runs in the forward of {c.module or 'the model'} ({c.module_type.__name__}), which is not "
+                f"an nn.ReLU site: a functional ReLU the erase policy cannot see"
+                for c in calls if not issubclass(c.module_type, nn.ReLU)]
+    ran = [c.module for c in calls if issubclass(c.module_type, nn.ReLU)]
+    repeated = sorted({m for m in ran if ran.count(m) > 1})
+    if repeated:
+        problems.append(f"ReLU module(s) called more than once: {', '.join(repeated)}")
+    if not problems and ran != list(declared):
+        missing = [s for s in declared if s not in ran]
+        extra = [m for m in ran if m not in declared]
+        problems.append("the ReLUs that ran differ from the declared sites"
+                        + (f"; never ran: {', '.join(missing)}" if missing else "")
+                        + (f"; not declared: {', '.join(extra)}" if extra else "")
+                        + ("" if missing or extra else "; same sites, other order"))
+    return problems
