@@ -123,7 +123,7 @@ def _plan_found(found: graph_sites.GraphSites, policy: ErasePolicy) -> tuple[Era
     record, chosen = EraseRecord(policy, len(found.blocks)), []
     for index in select_blocks(len(found.blocks), policy.proportion):
         block = found.blocks[index - 1]
-        hint = "has no activation right after its residual addition"
+        hint = "has no activation right after its residual addition; erase another site with first or all"
         picked = _pick(block.name, block.sites, block.site_names, block.ends_with_site, policy.location, hint)
         chosen += picked
         record.sites += [s.name for s in picked]
