@@ -336,3 +336,13 @@ def test_torchvision_resnet18_trains_on_digits_erased_and_not(make_cfg, tmp_path
     write_summary(tmp_path)
     summary = (tmp_path / "summary.md").read_text()
     assert "model=torchvision" in summary or "torchvision" in summary
+
+
+def test_safetensors_weights_load_too(tmp_path):
+    safetensors = pytest.importorskip("safetensors.torch")
+    torch.manual_seed(2)
+    source = create_model("torchvision", num_classes=10, arch="resnet18")
+    path = tmp_path / "model.safetensors"
+    safetensors.save_file(source.state_dict(), path)
+    loaded = create_model("torchvision", num_classes=10, arch="resnet18", weights=str(path))
+    assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in source.state_dict().items())

@@ -73,7 +73,12 @@ def load_weights(model: nn.Module, weights: str, label: str) -> None:
     if any(p.is_meta for p in model.parameters()):
         return
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        if path.suffix == ".safetensors":  # timm's and the Hugging Face hub's format
+            from safetensors.torch import load_file
+
+            state = load_file(path)
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # a pickle with code in it, a truncated file, not a torch file at all
         raise ValueError(f"model.weights={weights!r} cannot be read as a state dict ({err})") from None
     for key in ("state_dict", "model"):
