@@ -15,7 +15,7 @@ from typing import Sequence
 import torch.nn as nn
 
 from . import graph_sites
-from .models.base import Block, iter_blocks
+from .models.base import iter_blocks
 
 # What an erased site becomes: nothing (EraseReLU), or a learned slope (PReLU, one per site, 0.25 at start).
 REPLACEMENTS: dict[str, type[nn.Module]] = {"identity": nn.Identity, "prelu": nn.PReLU}
