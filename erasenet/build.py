@@ -45,8 +45,9 @@ def build_model(cfg: DictConfig) -> tuple[nn.Module, EraseRecord]:
     spec = OmegaConf.to_container(cfg.model, resolve=True)
     name = spec["name"]
     kwargs = {k: v for k, v in spec.items() if k not in MODEL_META_KEYS}
-    if name not in list_models():
-        raise UserError(f"model.name={name!r} is not a registered model. Choose one of: {', '.join(list_models())}.")
+    if name not in list_models(external=True):
+        raise UserError(f"model.name={name!r} is not a registered model. "
+                        f"Choose one of: {', '.join(list_models(external=True))}.")
     accepted = builder_options(name)
     unknown = sorted(set(kwargs) - set(accepted))
     if unknown:

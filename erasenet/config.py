@@ -79,6 +79,7 @@ class ScheduleConfig:
     warmup_iters: int = MISSING  # iterations trained at warmup_lr before the schedule starts
     warmup_lr: float = MISSING
     warmup: str = MISSING  # constant (He et al.) | linear (from warmup_lr up to lr)
+    decay: str = MISSING  # step: lr *= gamma at each milestone | cosine: from lr down to 0 over the epochs after warm-up
 
 
 @dataclass
@@ -173,6 +174,8 @@ def check_config(cfg: DictConfig) -> None:
     if list(s.milestones) != sorted(set(s.milestones)) or any(m < 1 for m in s.milestones):
         _fail(f"schedule.milestones={list(s.milestones)} must be strictly increasing positive epochs.",
               "Fix the list, e.g. schedule.milestones=[82,123] for 164 epochs, or schedule.milestones=[] for none.")
+    if s.decay not in ("step", "cosine"):
+        _fail(f"schedule.decay={s.decay!r} is unknown.", "Use step (milestones) or cosine.")
     if s.warmup_iters < 0 or s.warmup not in ("constant", "linear"):
         _fail(f"schedule.warmup_iters={s.warmup_iters}, schedule.warmup={s.warmup!r}.",
               "warmup_iters must be >= 0 and warmup one of constant, linear.")

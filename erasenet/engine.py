@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from typing import Callable, Iterable
@@ -27,15 +28,19 @@ def build_optimizer(model: nn.Module, schedule: DictConfig) -> torch.optim.SGD:
 
 
 def lr_factor(schedule: DictConfig, steps_per_epoch: int) -> Callable[[int], float]:
-    """Multiplier of ``schedule.lr`` at each global step: warm-up, then steps of ``gamma`` at the milestones."""
+    """Multiplier of ``schedule.lr`` at each global step: warm-up, then steps of ``gamma`` at the milestones
+    (or, with ``decay: cosine``, a half cosine from 1 down to 0 at the last step)."""
     milestones = [m * steps_per_epoch for m in schedule.milestones]
     warmup_start = schedule.warmup_lr / schedule.lr
+    cosine_steps = max(1, schedule.epochs * steps_per_epoch - schedule.warmup_iters)
 
     def factor(step: int) -> float:
         if step < schedule.warmup_iters:
             if schedule.warmup == "linear":
                 return warmup_start + (1.0 - warmup_start) * step / schedule.warmup_iters
             return warmup_start
+        if schedule.get("decay", "step") == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - schedule.warmup_iters) / cosine_steps)))
         return schedule.gamma ** sum(step >= m for m in milestones)
 
     return factor

@@ -1,6 +1,7 @@
 """The erase policy: which blocks, which ReLU site in each, and what replaces it.
 
-It knows no architecture: it reads the ReLU-site contract of ``erasenet.models.base``.
+It knows no architecture. A zoo model declares its sites (the ReLU-site contract of ``erasenet.models.base``);
+any other network is analysed from its computation graph (``erasenet.graph_sites``).
 """
 
 from __future__ import annotations
@@ -9,11 +10,15 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 import math
 
+from typing import Sequence
+
 import torch.nn as nn
 
-from .models.base import Block, iter_blocks
+from . import graph_sites
+from .models.base import iter_blocks
 
-REPLACEMENTS = ("identity", "prelu")  # what an erased site becomes (config.py validates against the same names)
+# What an erased site becomes: nothing (EraseReLU), or a learned slope (PReLU, one per site, 0.25 at start).
+REPLACEMENTS: dict[str, type[nn.Module]] = {"identity": nn.Identity, "prelu": nn.PReLU}
 
 
 @dataclass(frozen=True)
@@ -61,50 +66,99 @@ def select_blocks(num_blocks: int, proportion: float) -> list[int]:
     return [i + 1 for i in range(num_blocks) if math.floor(i * p) > math.floor((i - 1) * p)]
 
 
-def _site_names(block_name: str, block: Block, location: str) -> list[str]:
-    sites = block.sites
+def _pick(block_name: str, sites: Sequence, names: list[str], ends_with_site: bool, location: str,
+          last_hint: str) -> list:
+    """The entries of ``sites`` (named ``names``) that ``location`` chooses in one block."""
     if not sites:
         raise ValueError(f"block {block_name!r} declares no ReLU site to erase")
-    if location == "last" and not block.ends_with_site:
-        # EraseReLU's "last" is the ReLU a block ends with; a pre-activation block ends with a convolution.
+    if location == "last" and not ends_with_site:
         raise ValueError(f"erase.location=last names the ReLU a block ends with, but block {block_name!r} "
-                         f"({type(block).__name__}) ends with a convolution; build its after-activation form "
-                         f"(model.form=post), as EraseReLU does, or name its site by index "
-                         f"(erase.location=1..{len(sites)}, sites {', '.join(sites)})")
+                         f"{last_hint}, or name its site by index (erase.location=1..{len(sites)}, "
+                         f"sites {', '.join(names)})")
     if location == "last":
-        chosen = [sites[-1]]
-    elif location == "first":
-        chosen = [sites[0]]
-    elif location == "all":
-        chosen = list(sites)
-    elif location.isdigit() and 1 <= int(location) <= len(sites):
-        chosen = [sites[int(location) - 1]]
-    else:
-        raise ValueError(f"erase.location={location!r} does not exist in block {block_name!r}, whose sites are "
-                         f"{', '.join(sites)}; use last, first, all or a site index 1..{len(sites)}")
-    return [f"{block_name}.{s}" for s in chosen]
+        return [sites[-1]]
+    if location == "first":
+        return [sites[0]]
+    if location == "all":
+        return list(sites)
+    if location.isdigit() and 1 <= int(location) <= len(sites):
+        return [sites[int(location) - 1]]
+    raise ValueError(f"erase.location={location!r} does not exist in block {block_name!r}, whose sites are "
+                     f"{', '.join(names)}; use last, first, all or a site index 1..{len(sites)}")
 
 
 def _replacement(kind: str) -> nn.Module:
-    if kind == "identity":
-        return nn.Identity()
-    if kind == "prelu":
-        return nn.PReLU()
-    raise ValueError(f"erase.replace must be one of {', '.join(REPLACEMENTS)}, got {kind!r}")
+    if kind not in REPLACEMENTS:
+        raise ValueError(f"erase.replace must be one of {', '.join(REPLACEMENTS)}, got {kind!r}")
+    return REPLACEMENTS[kind]()
 
 
-def apply_erase(model: nn.Module, policy: ErasePolicy) -> EraseRecord:
-    """Swap the chosen ReLU sites of ``model`` in place; return the record of what changed."""
+def declares_sites(model: nn.Module) -> bool:
+    """True for a zoo model (it contains erasenet Blocks); any other network is analysed from its graph."""
+    return any(True for _ in iter_blocks(model))
+
+
+def model_activations(model: nn.Module, activations: Sequence | None = None) -> tuple[type[nn.Module], ...]:
+    """The activation classes whose calls are sites: ``activations``, else the model's ``site_activations``
+    attribute (set by the external-model builders), else ``nn.ReLU``."""
+    chosen = activations if activations is not None else getattr(model, "site_activations", None)
+    return graph_sites.resolve_activations(chosen) if chosen is not None else (nn.ReLU,)
+
+
+def _plan_declared(model: nn.Module, policy: ErasePolicy) -> EraseRecord:
     blocks = list(iter_blocks(model))
     record = EraseRecord(policy, len(blocks))
     for index in select_blocks(len(blocks), policy.proportion):
         name, block = blocks[index - 1]
-        for site in _site_names(name, block, policy.location):
-            parent_name, _, leaf = site.rpartition(".")
-            parent = model.get_submodule(parent_name)
-            if not isinstance(getattr(parent, leaf), nn.ReLU):
-                raise ValueError(f"site {site!r} is not an nn.ReLU; the model breaks the ReLU-site contract")
-            setattr(parent, leaf, _replacement(policy.replace))
-            record.sites.append(site)
+        # EraseReLU's "last" is the ReLU a block ends with; a pre-activation block ends with a convolution.
+        hint = (f"({type(block).__name__}) ends with a convolution; build its after-activation form "
+                f"(model.form=post), as EraseReLU does")
+        chosen = _pick(name, block.sites, list(block.sites), block.ends_with_site, policy.location, hint)
+        record.sites += [f"{name}.{s}" for s in chosen]
         record.blocks.append(index)
+    return record
+
+
+def _plan_found(found: graph_sites.GraphSites, policy: ErasePolicy) -> tuple[EraseRecord, list]:
+    record, chosen = EraseRecord(policy, len(found.blocks)), []
+    for index in select_blocks(len(found.blocks), policy.proportion):
+        block = found.blocks[index - 1]
+        hint = "has no activation right after its residual addition; erase another site with first or all"
+        picked = _pick(block.name, block.sites, block.site_names, block.ends_with_site, policy.location, hint)
+        chosen += picked
+        record.sites += [s.name for s in picked]
+        record.blocks.append(index)
+    return record, chosen
+
+
+def plan_erase(model: nn.Module, policy: ErasePolicy, activations: Sequence | None = None) -> EraseRecord:
+    """The record ``apply_erase`` would return, leaving ``model`` unchanged."""
+    _replacement(policy.replace)
+    if declares_sites(model):
+        return _plan_declared(model, policy)
+    return _plan_found(graph_sites.analyse(model, model_activations(model, activations)), policy)[0]
+
+
+def apply_erase(model: nn.Module, policy: ErasePolicy, activations: Sequence | None = None) -> EraseRecord:
+    """Swap the chosen ReLU sites of ``model`` in place; return the record of what changed.
+
+    A zoo model's sites are the ``nn.ReLU`` modules its blocks declare. Any other network is analysed from its
+    graph (``erasenet.graph_sites``); there ``activations`` (classes, ``relu``/``relu6`` or dotted class names)
+    says which activation calls are sites, by default the model's ``site_activations`` or ``nn.ReLU``.
+    """
+    _replacement(policy.replace)
+    if not declares_sites(model):
+        found = graph_sites.analyse(model, model_activations(model, activations))
+        record, chosen = _plan_found(found, policy)
+        graph_sites.erase_calls(model, found, chosen, lambda: _replacement(policy.replace))
+        return record
+    record = _plan_declared(model, policy)
+    for site in record.sites:
+        parent_name, _, leaf = site.rpartition(".")
+        parent = model.get_submodule(parent_name)
+        if not isinstance(getattr(parent, leaf), nn.ReLU):
+            raise ValueError(f"site {site!r} is not an nn.ReLU; the model breaks the ReLU-site contract")
+    for site in record.sites:
+        parent_name, _, leaf = site.rpartition(".")
+        setattr(model.get_submodule(parent_name), leaf, _replacement(policy.replace))
     return record

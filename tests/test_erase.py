@@ -80,3 +80,35 @@ def test_run_directory_names_stay_short_and_distinct():
     long_a = ",".join(f"schedule.k{i}={i}" for i in range(30))
     long_b = long_a + ",seed=2"
     assert len(run_dirname(long_a)) <= 120 and run_dirname(long_a) != run_dirname(long_b)
+
+
+def test_erase_owns_its_replacements_and_the_config_accepts_the_same():
+    from erasenet import config, erase
+
+    assert tuple(erase.REPLACEMENTS) == tuple(config.REPLACEMENTS)  # config validates before torch is imported
+
+
+def test_the_bottom_layer_loads_no_config_hydra_or_training_module():
+    """``erasenet.models`` and ``erasenet.erase`` stand on torch alone (and torchvision/timm, lazily)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, erasenet.models, erasenet.erase, erasenet.rectifiers, erasenet.graph_sites; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('hydra', 'omegaconf') or m in "
+            "('erasenet.config', 'erasenet.train', 'erasenet.run', 'erasenet.engine', 'erasenet.concurrent')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_describe_an_architecture_without_training(capsys):
+    from erasenet.models.__main__ import main
+
+    assert main(["--arch", "torchvision:resnet18", "--erase", "last", "--proportion", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "8 blocks, 16 sites in blocks, 1 fixed" in out
+    assert "block 1  layer1.0: layer1.0.relu#1, [layer1.0.relu#2]" in out
+    assert "8 site(s) -> identity in 8/8 blocks" in out
+    assert "per 3x224x224 image: 2,308,096" in out
+    assert main(["--arch", "resnet20", "--erase", "first", "--proportion", "0.5", "--input", "3x32x32"]) == 0
+    out = capsys.readouterr().out
+    assert "block 1  layer1.0: [layer1.0.act1], layer1.0.act_out" in out and "per 3x32x32 image: 188,416" in out

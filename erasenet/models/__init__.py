@@ -1,10 +1,11 @@
 """The model zoo: every family registers its builders on import."""
 
-from . import dfn, inception, mlp, plain, resnet_cifar, resnet_imagenet  # noqa: F401  (registration side effects)
+from . import dfn, external, inception, mlp, plain, resnet_cifar, resnet_imagenet  # noqa: F401  (registration)
 from .base import Block, block_sites, declared_sites, fixed_sites, iter_blocks
-from .registry import builder_options, create_model, input_shape, list_models, model_builder, register_model
+from .registry import (builder_options, create_model, input_shape, list_models, model_builder, register_external,
+                       register_model)
 
 __all__ = [
     "Block", "block_sites", "builder_options", "create_model", "declared_sites", "fixed_sites", "input_shape",
-    "iter_blocks", "list_models", "model_builder", "register_model",
+    "iter_blocks", "list_models", "model_builder", "register_external", "register_model",
 ]

@@ -8,6 +8,7 @@ from typing import Any, Callable
 import torch.nn as nn
 
 _BUILDERS: dict[str, Callable[..., nn.Module]] = {}
+_EXTERNAL: dict[str, Callable[..., nn.Module]] = {}  # builders of other libraries' networks (torchvision, timm)
 _INPUT_SHAPES: dict[str, tuple[int, int, int]] = {}
 CIFAR_INPUT = (3, 32, 32)
 
@@ -33,17 +34,28 @@ def input_shape(name: str) -> tuple[int, int, int]:
     return _INPUT_SHAPES[name]
 
 
-def list_models() -> list[str]:
-    """Names of every registered model, sorted."""
-    return sorted(_BUILDERS)
+def register_external(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+    """Decorator: register a builder of another library's networks (``model=<its name> model.arch=...``).
+
+    External models declare no sites (the erase policy analyses their graph) and stay out of the zoo table.
+    """
+    if fn.__name__ in _BUILDERS or fn.__name__ in _EXTERNAL:
+        raise ValueError(f"model {fn.__name__!r} is registered twice")
+    _EXTERNAL[fn.__name__] = fn
+    return fn
+
+
+def list_models(external: bool = False) -> list[str]:
+    """Names of every registered zoo model, sorted; with ``external``, the external builders too."""
+    return sorted(_BUILDERS) + (sorted(_EXTERNAL) if external else [])
 
 
 def model_builder(name: str) -> Callable[..., nn.Module]:
     """The builder registered under ``name``; a ``KeyError`` that lists the choices otherwise."""
     try:
-        return _BUILDERS[name]
+        return _BUILDERS[name] if name in _BUILDERS else _EXTERNAL[name]
     except KeyError:
-        raise KeyError(f"unknown model {name!r}; choose one of: {', '.join(list_models())}") from None
+        raise KeyError(f"unknown model {name!r}; choose one of: {', '.join(list_models(external=True))}") from None
 
 
 def builder_options(name: str) -> dict[str, Any]:

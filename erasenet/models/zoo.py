@@ -4,6 +4,8 @@ Models are built and run on the ``meta`` device: shapes only, no memory and no a
 ResNet-1202 and the ImageNet ResNet-200s are measured in seconds. MACs are counted by
 ``torch.utils.flop_counter.FlopCounterMode`` (MACs = FLOPs / 2) for one image of the model's
 design input size; they cover convolutions and matrix products, not BN, ReLU, pooling or additions.
+ReLUs are the scalar ReLU evaluations of one image (``erasenet.rectifiers.count_relus``), unerased and with
+EraseReLU's location (``last``; ``first`` for pre-activation blocks, marked *) at p = 0.5 and 1.
 """
 
 from __future__ import annotations
@@ -15,11 +17,13 @@ import torch
 import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from ..erase import select_blocks
+from ..erase import ErasePolicy, plan_erase, select_blocks
+from ..rectifiers import contract_violations, rectifier_calls
 from .base import block_sites, declared_sites, iter_blocks
 from .registry import builder_options, create_model, input_shape, list_models
 
 PROPORTIONS = (0.25, 0.5, 1.0)
+RELU_PROPORTIONS = (0.0, 0.5, 1.0)
 
 
 @dataclass(frozen=True)
@@ -31,9 +35,11 @@ class ModelStats:
     macs: int
     block_sites: tuple[tuple[str, ...], ...]
     declared_sites: tuple[str, ...]
-    relu_calls: tuple[str, ...]  # nn.ReLU modules in the order one forward pass calls them
+    relu_calls: tuple[str, ...]  # the module running each rectifier of one forward pass, in order
     output_shape: tuple[int, ...]
     last_erasable: bool  # every block ends with a ReLU (erase.location=last is defined)
+    relus: tuple[int, ...]  # scalar ReLU evaluations per image at RELU_PROPORTIONS (location last, else first)
+    contract: tuple[str, ...]  # how the model breaks the ReLU-site contract (empty: it holds)
 
     @property
     def blocks(self) -> int:
@@ -45,18 +51,8 @@ class ModelStats:
 
 
 def relu_call_order(model: nn.Module, x: torch.Tensor) -> list[str]:
-    """Names of the nn.ReLU modules in the order one forward pass (eval mode) calls them, repeats included."""
-    calls: list[str] = []
-    hooks = [m.register_forward_hook(lambda mod, inp, out, name=name: calls.append(name))
-             for name, m in model.named_modules(remove_duplicate=False) if isinstance(m, nn.ReLU)]
-    model.eval()
-    try:
-        with torch.no_grad():
-            model(x)
-    finally:
-        for h in hooks:
-            h.remove()
-    return calls
+    """The module running each rectifier (however called) of one evaluation-mode forward pass, in order."""
+    return [call.module for call in rectifier_calls(model, tuple(x.shape[1:]), batch=x.shape[0])]
 
 
 @functools.lru_cache(maxsize=None)
@@ -69,13 +65,21 @@ def measure(name: str) -> ModelStats:
     x = torch.empty(1, *shape, device="meta")
     output: list[tuple[int, ...]] = []
     model.register_forward_hook(lambda mod, inp, out: output.append(tuple(out.shape)))
-    with FlopCounterMode(display=False) as counter:
-        calls = relu_call_order(model, x)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model.eval()(x)
+    calls = rectifier_calls(model, shape)
+    last_erasable = all(block.ends_with_site for _, block in iter_blocks(model))
+    location = "last" if last_erasable else "first"
+    elements = {call.module: call.elements for call in calls}
+    relus = tuple(sum(elements.values()) - sum(elements.get(site, 0) for site in
+                                               plan_erase(model, ErasePolicy(location, p)).sites)
+                  for p in RELU_PROPORTIONS)
     return ModelStats(
         name=name, input_shape=shape, num_classes=num_classes, params=sum(p.numel() for p in model.parameters()),
         macs=counter.get_total_flops() // 2, block_sites=tuple(tuple(s) for s in block_sites(model)),
-        declared_sites=tuple(declared_sites(model)), relu_calls=tuple(calls), output_shape=output[0],
-        last_erasable=all(block.ends_with_site for _, block in iter_blocks(model)))
+        declared_sites=tuple(declared_sites(model)), relu_calls=tuple(c.module for c in calls),
+        output_shape=output[0], last_erasable=last_erasable, relus=relus,
+        contract=tuple(contract_violations(calls, declared_sites(model))))
 
 
 def _millions(n: int) -> str:
@@ -95,8 +99,9 @@ def render_table(names: list[str] | None = None) -> str:
     lines = [
         BEGIN,
         "| model | input | params | params (exact) | MACs | blocks | sites/block | fixed sites | "
-        + " | ".join(f"erase=last p={p:g}" for p in PROPORTIONS) + " |",
-        "|---|---|---:|---:|---:|---:|---:|---:|" + "---:|" * len(PROPORTIONS),
+        + " | ".join(f"erase=last p={p:g}" for p in PROPORTIONS) + " | "
+        + " | ".join(f"ReLUs p={p:g}" for p in RELU_PROPORTIONS) + " |",
+        "|---|---|---:|---:|---:|---:|---:|---:|" + "---:|" * (len(PROPORTIONS) + len(RELU_PROPORTIONS)),
     ]
     for name in names or list_models():
         s = measure(name)
@@ -104,7 +109,9 @@ def render_table(names: list[str] | None = None) -> str:
         erased = [s.erased_by_last(p) for p in PROPORTIONS]
         lines.append(f"| `{name}` | {'x'.join(map(str, s.input_shape))} | {_millions(s.params)} | {s.params:,} | "
                      f"{s.macs / 1e6:,.1f}M | {s.blocks} | {_sites_per_block(s)} | {fixed} | "
-                     + " | ".join("n/a" if e is None else str(e) for e in erased) + " |")
+                     + " | ".join("n/a" if e is None else str(e) for e in erased) + " | "
+                     + " | ".join(f"{r:,}" + ("" if s.last_erasable or p == 0 else "*")
+                                  for p, r in zip(RELU_PROPORTIONS, s.relus)) + " |")
     return "\n".join(lines + [END]) + "\n"
 
 
