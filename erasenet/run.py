@@ -368,12 +368,15 @@ def epoch_record(run: Run, epoch: int, train: dict, reduce: Reduce | None = None
     """Evaluate ``run.module`` after the trained ``epoch`` (``train``: its totals); log and return its record."""
     # the lr of the epoch's first step, as LambdaLR computes it (also when the epoch resumed in its middle)
     lr = run.scheduler.base_lrs[0] * run.scheduler.lr_lambdas[0](epoch * len(run.train_loader))
-    evals = {k: evaluate(run.module, loader, reduce, accel=run.accel)
+    top5 = run.cfg.dataset.top5 and run.cfg.dataset.num_classes >= 10
+    evals = {k: evaluate(run.module, loader, reduce, accel=run.accel, top5=top5)
              for k, loader in run.eval_loaders.items() if loader is not None}
     record = {"epoch": epoch + 1, "lr": lr, "train_loss": train["loss"], "train_error": train["error"],
               "images_per_s": train["images_per_s"], "seconds": train["seconds"]}
     for split, m in evals.items():
         record[f"{split}_loss"], record[f"{split}_error"] = m["loss"], m["error"]
+        if "top5_error" in m:
+            record[f"{split}_top5_error"] = m["top5_error"]
     logger.info("epoch %d/%d  lr %.4g  train loss %.3f err %.2f%%  %s  %.1fs (%.0f img/s)", epoch + 1,
                 run.cfg.schedule.epochs, lr, train["loss"], train["error"],
                 "  ".join(f"{k} err {m['error']:.2f}%" for k, m in evals.items()), train["seconds"],
@@ -449,6 +452,7 @@ def make_result(run: Run, state: TrainState, status: str, failure: str | None, c
         "status": status, "failure": failure, "seed": run.cfg.seed, "model": run.cfg.model.name, "dataset": d.name,
         "group": group, "overrides": list(overrides), "epochs": last.get("epoch", 0),
         "test_error": last.get("test_error"), "test_loss": last.get("test_loss"),
+        "test_top5_error": last.get("test_top5_error"),
         "val_error": last.get("val_error"), "train_error": last.get("train_error"),
         "best_val_error": best["val_error"], "best_epoch": best["epoch"],
         "test_error_at_best_val": best["test_error"],
