@@ -167,7 +167,8 @@ def test_imagenet_top1_top5_seeds_and_recipes(composed):
         if name.startswith("t4_"):  # fb.resnet.torch: 90 epochs, Nesterov
             assert (cfg.schedule.epochs, cfg.schedule.nesterov, cfg.dataset.name) == (90, True, "imagenet"), name
         else:
-            assert (cfg.schedule.epochs, cfg.dataset.subset) == (120, int(re.search(r"imagenet(\d+)", name).group(1)) / 100), name
+            percent = int(re.search(r"imagenet(\d+)", name).group(1))
+            assert (cfg.schedule.epochs, cfg.dataset.subset) == (120, percent / 100), name
 
 
 def _seeds(cfg) -> list[str]:

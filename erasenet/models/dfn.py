@@ -75,8 +75,8 @@ class DFNMR(nn.Module):
         self.stem = Stem(in_chans, width)
         widths = [width * 2**i for i in range(3)]
         self.stages = nn.Sequential(*(
-            make_stage(lambda cin, stride, planes=planes: MergeRunBlock(cin, planes, stride, shortcut), cin, planes, blocks,
-                       i > 0)
+            make_stage(lambda cin, stride, planes=planes: MergeRunBlock(cin, planes, stride, shortcut),
+                       cin, planes, blocks, i > 0)
             for i, (cin, planes) in enumerate(zip([width] + widths[:-1], widths))))
         self.head = Head(widths[-1], num_classes)
         init_weights(self)
