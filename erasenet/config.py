@@ -61,6 +61,7 @@ class DatasetConfig:
     resize_size: int = 0  # evaluation: resize the short side to this, then centre-crop image_size (0: image_size)
     workers: int = 8  # DataLoader worker processes
     index: str = ""  # a data_index/ folder an earlier run wrote: reuse its exact splits instead of drawing them
+    top5: bool = False  # also count top-5 errors in evaluation (on for ImageNet); ignored below 10 classes
 
 
 @dataclass
@@ -115,6 +116,9 @@ class PaperConfig:
     test_error_std: Optional[float] = None  # published std, where the paper gives one
     metric: str = "test_error"  # the run's metric it is compared with (one of PAPER_METRICS)
     proportion: Optional[float] = None  # the erase.proportion it was measured at; None: every proportion
+    test_top5_error: Optional[float] = None  # published top-5 test error (%), where the paper gives one
+    train_error: Optional[float] = None  # published final training error (%), where the paper gives one
+    train_error_std: Optional[float] = None
 
 
 @dataclass
@@ -234,6 +238,10 @@ def check_paper(paper: DictConfig) -> None:
     if not 0.0 <= paper.test_error <= 100.0 or (paper.test_error_std is not None and paper.test_error_std < 0):
         _fail(f"paper.test_error={paper.test_error} (std {paper.test_error_std}) is not an error in percent.",
               "Give the published test error in % (0-100; accuracy a -> error 100 - a) and a non-negative std.")
+    for key in ("test_top5_error", "train_error", "train_error_std"):
+        value = paper.get(key)
+        if value is not None and not 0.0 <= value <= 100.0:
+            _fail(f"paper.{key}={value} is not an error in percent.", "Give it in % (0-100), or leave it out.")
     if paper.metric not in PAPER_METRICS:
         _fail(f"paper.metric={paper.metric!r} is not a metric of a run.", f"Use one of {', '.join(PAPER_METRICS)}.")
     if paper.proportion is not None and not 0.0 <= paper.proportion <= 1.0:

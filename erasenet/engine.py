@@ -160,11 +160,13 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: Iterable, reduce: Reduce | None = None, accel: Accel | None = None) -> dict:
-    """Loss and error (%) over every sample of ``loader``; ``reduce`` sums the counts across ranks."""
+def evaluate(model: nn.Module, loader: Iterable, reduce: Reduce | None = None, accel: Accel | None = None,
+             top5: bool = False) -> dict:
+    """Loss and error (%) over every sample of ``loader``, and top-5 error with ``top5``; ``reduce`` sums the
+    counts across ranks."""
     model.eval()
     device = next(model.parameters()).device
-    sums = torch.zeros(3, device=device, dtype=torch.float64)  # loss sum, wrong, count
+    sums = torch.zeros(4 if top5 else 3, device=device, dtype=torch.float64)  # loss sum, wrong, count[, top-5 wrong]
     accel = accel or Accel(device)
     for x, y in loader:
         with accel.autocast():
@@ -172,14 +174,19 @@ def evaluate(model: nn.Module, loader: Iterable, reduce: Reduce | None = None, a
         sums[0] += F.cross_entropy(logits, y, reduction="sum").double()
         sums[1] += (logits.argmax(1) != y).sum()
         sums[2] += len(y)
+        if top5:
+            sums[3] += (logits.topk(5, 1).indices != y[:, None]).all(1).sum()
     return sums_to_metrics(reduce(sums) if reduce else sums)
 
 
 def sums_to_metrics(sums: torch.Tensor) -> dict:
-    loss_sum, wrong, count = sums.tolist()
+    """Loss sum, wrong, count[, top-5 wrong] -> mean loss, error (%)[, top-5 error (%)], count."""
+    loss_sum, wrong, count, *top5_wrong = sums.tolist()
     if count == 0:
-        return {"loss": float("nan"), "error": float("nan"), "count": 0}
-    return {"loss": loss_sum / count, "error": 100.0 * wrong / count, "count": int(count)}
+        metrics = {"loss": float("nan"), "error": float("nan"), "count": 0}
+        return {**metrics, "top5_error": float("nan")} if top5_wrong else metrics
+    metrics = {"loss": loss_sum / count, "error": 100.0 * wrong / count, "count": int(count)}
+    return {**metrics, "top5_error": 100.0 * top5_wrong[0] / count} if top5_wrong else metrics
 
 
 def resolve_device(name: str) -> torch.device:

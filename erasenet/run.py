@@ -231,12 +231,15 @@ def evaluate_epoch(run: Run, member: Member, epoch: int, train: dict, reduce: Re
     """Evaluate ``member`` after the trained ``epoch`` (``train``: its totals); log and return its metrics."""
     # the lr of the epoch's first step, as LambdaLR computes it (also when the epoch resumed in its middle)
     lr = run.scheduler.base_lrs[0] * run.scheduler.lr_lambdas[0](epoch * len(run.train_loader))
-    evals = {k: evaluate(member.model, loader, reduce, accel=run.accel)
+    top5 = run.cfg.dataset.top5 and run.cfg.dataset.num_classes >= 10
+    evals = {k: evaluate(member.model, loader, reduce, accel=run.accel, top5=top5)
              for k, loader in run.eval_loaders.items() if loader is not None}
     metrics = {"epoch": epoch + 1, "lr": lr, "train_loss": train["loss"], "train_error": train["error"],
                "images_per_s": train["images_per_s"], "seconds": train["seconds"]}
     for split, m in evals.items():
         metrics[f"{split}_loss"], metrics[f"{split}_error"] = m["loss"], m["error"]
+        if "top5_error" in m:
+            metrics[f"{split}_top5_error"] = m["top5_error"]
     member.log.info("epoch %d/%d  lr %.4g  train loss %.3f err %.2f%%  %s  %.1fs (%.0f img/s)", epoch + 1,
                     run.cfg.schedule.epochs, lr, train["loss"], train["error"],
                     "  ".join(f"{k} err {m['error']:.2f}%" for k, m in evals.items()), train["seconds"],

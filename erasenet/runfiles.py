@@ -102,6 +102,7 @@ def make_result(run: Run, member: Member, status: str, failure: str | None, seco
         "status": status, "failure": failure, "seed": cfg.seed, "model": cfg.model.name, "dataset": cfg.dataset.name,
         "group": member.group, "overrides": list(member.overrides), "epochs": last.get("epoch", 0),
         "test_error": last.get("test_error"), "test_loss": last.get("test_loss"),
+        "test_top5_error": last.get("test_top5_error"),
         "val_error": last.get("val_error"), "train_error": last.get("train_error"),
         "best_val_error": best["val_error"], "best_epoch": best["epoch"],
         "test_error_at_best_val": best["test_error"],

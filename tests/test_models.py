@@ -68,3 +68,49 @@ def test_forward_shapes(name, shape, classes):
 def test_unknown_model_lists_choices():
     with pytest.raises(KeyError, match="resnet20"):
         create_model("resnet21")
+
+
+# --- shared pieces and options of the families ------------------------------------------------------------------
+
+def test_head_mean_equals_adaptive_average_pooling():
+    from erasenet.models.base import Head
+
+    torch.manual_seed(0)
+    head, x = Head(8, 5), torch.randn(3, 8, 5, 7)
+    expected = head.fc(torch.flatten(torch.nn.functional.adaptive_avg_pool2d(x, 1), 1))
+    torch.testing.assert_close(head(x), expected)
+
+
+@pytest.mark.parametrize("form", ["pre", "post"])
+def test_bottleneck_stride_moves_the_stride_only(form):
+    torch.manual_seed(0)
+    nets = {s: create_model("preact_resnet", depth=11, block="bottleneck", shortcut="B", form=form,
+                            bottleneck_stride=s) for s in ("3x3", "1x1")}
+    first = {s: net.layer2[0] for s, net in nets.items()}
+    assert (first["3x3"].conv1.stride, first["3x3"].conv2.stride) == ((1, 1), (2, 2))
+    assert (first["1x1"].conv1.stride, first["1x1"].conv2.stride) == ((2, 2), (1, 1))
+    assert nets["1x1"].layer1[0].conv1.stride == (1, 1)  # blocks that keep the resolution do not stride
+    counts = {s: sum(p.numel() for p in net.parameters()) for s, net in nets.items()}
+    assert counts["3x3"] == counts["1x1"]
+    x = torch.randn(2, 3, 32, 32)
+    assert nets["1x1"](x).shape == nets["3x3"](x).shape == (2, 10)
+    with pytest.raises(ValueError, match="bottleneck_stride"):
+        create_model("preact_resnet164", bottleneck_stride="2x2")
+
+
+def test_dfn_mr_depth_counts_both_branches():
+    from erasenet.models.dfn import merge_run_blocks
+
+    assert merge_run_blocks(110) == 9 and merge_run_blocks(14) == 1
+    with pytest.raises(ValueError, match="12n\\+2"):
+        create_model("dfn_mr", depth=56)
+    with torch.device("meta"):
+        b, a = create_model("dfn_mr"), create_model("dfn_mr", shortcut="A")
+    projections = 2 * (16 * 32 + 2 * 32) + 2 * (32 * 64 + 2 * 64)  # one 1x1 conv-BN per path, two transitions
+    assert sum(p.numel() for p in b.parameters()) - sum(p.numel() for p in a.parameters()) == projections
+
+
+def test_plain_split_gives_later_stages_the_remainder():
+    from erasenet.models.plain import split_depth
+
+    assert [split_depth(d) for d in (38, 62, 84, 85)] == [[12, 12, 12], [20, 20, 20], [27, 27, 28], [27, 28, 28]]

@@ -108,10 +108,12 @@ def inception(modules: int = 10, bases=(16, 32, 64)) -> int:
 
 
 def dfn_mr(n: int, width: int = 16) -> int:
+    """n merge-and-run blocks per stage; where a stage widens, each path has its own 1x1 conv-BN projection."""
     total, cin = conv(3, width) + bn(width), width
     for i in range(3):
         c = width * 2**i
         total += 2 * (conv(cin, c) + conv(c, c) + 2 * bn(c)) + (n - 1) * 2 * (2 * conv(c, c) + 2 * bn(c))
+        total += 2 * (conv(cin, c, 1) + bn(c)) if cin != c else 0
         cin = c
     return total + fc(cin, 10)
 
@@ -150,9 +152,9 @@ EXPECTED = {
     "preact_resnet200": (imagenet_resnet((3, 24, 36, 3), pre=True), None, "all"),
     "vgg31": (module_stack((10, 10, 10)), None, "all"),
     "residual31": (module_stack((10, 10, 10), residual=True), None, "all"),
-    "plain84": (module_stack((28, 27, 27)), None, "all"),
+    "plain84": (module_stack((27, 27, 28)), None, "all"),
     "inception_v2_cifar": (inception(), None, "all"),
-    "dfn_mr": (dfn_mr(18), None, "all"),
+    "dfn_mr": (dfn_mr(9), 1.7, "all"),  # DFN-MR1, depth 110: (110 - 2) / 12 = 9 blocks per stage
     "mlp12": (mlp12(), None, "all"),
 }
 
@@ -223,7 +225,7 @@ SMALL = {
     "inception": ("inception_v2_cifar", dict(modules_per_stage=1, base_width=4), "last"),
     "vgg": ("plain", dict(depth=8), "last"),
     "residual": ("plain", dict(depth=8, residual=True), "last"),
-    "dfn_mr": ("dfn_mr", dict(depth=8, width=8), "last"),
+    "dfn_mr": ("dfn_mr", dict(depth=14, width=8), "last"),
     "mlp": ("mlp", dict(depth=5, width=32, dropout=0.1, image_size=8), "last"),
 }
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Callable, Iterator
 
+import torch
 import torch.nn as nn
 
 
@@ -60,6 +61,41 @@ def make_stage(make_block: Callable[[int, int], nn.Module], in_planes: int, plan
     ``in_planes`` (and stride 2 when the stage ``downsample``s), the rest take this stage's ``planes``."""
     return nn.Sequential(*(make_block(in_planes if j == 0 else planes, 2 if downsample and j == 0 else 1)
                            for j in range(count)))
+
+
+class Stem(nn.Sequential):
+    """3x3 conv at full resolution, followed by BN-ReLU unless the blocks after it are pre-activated."""
+
+    def __init__(self, in_chans: int, planes: int, activate: bool = True):
+        super().__init__()
+        self.conv = nn.Conv2d(in_chans, planes, 3, 1, 1, bias=False)
+        if activate:
+            self.bn = nn.BatchNorm2d(planes)
+            self.act = nn.ReLU(inplace=True)
+
+
+def global_average(x: torch.Tensor) -> torch.Tensor:
+    """Mean over H and W, ``(N, C, H, W) -> (N, C)``.
+
+    A plain mean rather than ``adaptive_avg_pool2d``: its CUDA backward is deterministic.
+    """
+    return x.mean((-2, -1))
+
+
+class Head(nn.Module):
+    """[BN-ReLU, for pre-activation trunks,] global average pool and a linear classifier."""
+
+    def __init__(self, in_features: int, num_classes: int, activate: bool = False):
+        super().__init__()
+        if activate:
+            self.bn = nn.BatchNorm2d(in_features)
+            self.act = nn.ReLU(inplace=True)
+        self.fc = nn.Linear(in_features, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if hasattr(self, "act"):
+            x = self.act(self.bn(x))
+        return self.fc(global_average(x))
 
 
 def init_weights(model: nn.Module) -> None:

@@ -15,9 +15,8 @@ from collections import OrderedDict
 import torch
 import torch.nn as nn
 
-from .base import Block, init_weights, make_stage
+from .base import Block, Head, Stem, init_weights, make_stage
 from .registry import register_model
-from .resnet_cifar import Head, Stem
 
 
 def conv_bn(in_planes: int, planes: int, kernel: int, stride: int = 1) -> nn.Sequential:

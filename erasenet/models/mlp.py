@@ -1,4 +1,4 @@
-"""Multi-layer perceptrons: hidden layers of Linear-BN-ReLU-Dropout (BN optional)."""
+"""Multi-layer perceptrons: hidden layers of Linear-BN-ReLU-Dropout (BN optional), one ``LinearBlock`` each."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from .base import Block, init_weights
 from .registry import register_model
 
 
-class DenseBlock(Block):
+class LinearBlock(Block):
     """Linear, batch norm (or a bias instead), ReLU, dropout."""
 
     sites = ("act",)
@@ -34,7 +34,7 @@ class MLP(nn.Module):
         if depth < 1:
             raise ValueError(f"an MLP needs depth >= 1, got {depth}")
         dims = [in_features] + [width] * (depth - 1)
-        self.layers = nn.Sequential(*(DenseBlock(a, b, dropout, batch_norm) for a, b in zip(dims[:-1], dims[1:])))
+        self.layers = nn.Sequential(*(LinearBlock(a, b, dropout, batch_norm) for a, b in zip(dims[:-1], dims[1:])))
         self.head = nn.Linear(dims[-1], num_classes)
         init_weights(self)
 

@@ -12,10 +12,9 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
-from .base import Block, init_weights, make_stage
+from .base import Block, Head, Stem, init_weights, make_stage
 from .registry import register_model
 from .residual import ResidualBlock, apply_stochastic_depth, make_shortcut
-from .resnet_cifar import Head, Stem
 
 
 class ConvModule(Block):
@@ -76,11 +75,18 @@ class ModuleStack(nn.Module):
 
 
 def split_depth(depth: int) -> list[int]:
-    """Modules per stage of a ``depth``-layer plain net (stem conv + modules + classifier), earliest stages first."""
+    """Modules per stage of a ``depth``-layer plain net (stem conv + modules + classifier).
+
+    Each stage takes an equal share of the convolutions still unplaced, rounded down, so the later
+    stages carry the remainder, as in Zhao et al.'s code: plain-84 is ``[27, 27, 28]``.
+    """
     convs = depth - 2
     if convs < 3:
         raise ValueError(f"a plain network needs depth >= 5, got {depth}")
-    return [convs // 3 + (1 if i < convs % 3 else 0) for i in range(3)]
+    counts: list[int] = []
+    for stages_left in (3, 2, 1):
+        counts.append((convs - sum(counts)) // stages_left)
+    return counts
 
 
 @register_model

@@ -17,6 +17,16 @@ from .base import Block, iter_blocks
 
 FORMS = ("pre", "post")
 KINDS = ("basic", "bottleneck")
+# Where a downsampling bottleneck strides: "3x3" (fb.resnet.torch, torchvision, erasenet's default) or "1x1",
+# its first 1x1 convolution (He et al.'s own pre-activation code, resnet-1k-layers).
+BOTTLENECK_STRIDES = ("3x3", "1x1")
+
+
+def _strides(stride: int, stride_on: str) -> tuple[int, int]:
+    """(stride of the first 1x1 conv, stride of the 3x3 conv) of a bottleneck."""
+    if stride_on not in BOTTLENECK_STRIDES:
+        raise ValueError(f"bottleneck_stride must be one of {', '.join(BOTTLENECK_STRIDES)}, got {stride_on!r}")
+    return (stride, 1) if stride_on == "1x1" else (1, stride)
 
 
 class PadShortcut(nn.Module):
@@ -137,19 +147,20 @@ class PreActBlock(ResidualBlock):
 class Bottleneck(ResidualBlock):
     """1x1 conv-BN-ReLU, 3x3 (grouped) conv-BN-ReLU, 1x1 conv-BN, add the shortcut, ReLU.
 
-    Strided in the 3x3 conv and with torchvision's attribute names (``downsample`` for the
-    shortcut), so an ImageNet ResNet-50 built from it loads torchvision's weights.
+    Strided in the 3x3 conv unless ``stride_on="1x1"``, and with torchvision's attribute names
+    (``downsample`` for the shortcut), so an ImageNet ResNet-50 built from it loads torchvision's weights.
     """
 
     sites = ("act1", "act2", "act_out")
 
     def __init__(self, in_planes: int, width: int, planes: int, stride: int = 1, groups: int = 1,
-                 shortcut: str = "B"):
+                 shortcut: str = "B", stride_on: str = "3x3"):
         super().__init__()
-        self.conv1 = nn.Conv2d(in_planes, width, 1, bias=False)
+        stride1, stride3 = _strides(stride, stride_on)
+        self.conv1 = nn.Conv2d(in_planes, width, 1, stride1, bias=False)
         self.bn1 = nn.BatchNorm2d(width)
         self.act1 = nn.ReLU(inplace=True)
-        self.conv2 = nn.Conv2d(width, width, 3, stride, 1, groups=groups, bias=False)
+        self.conv2 = nn.Conv2d(width, width, 3, stride3, 1, groups=groups, bias=False)
         self.bn2 = nn.BatchNorm2d(width)
         self.act2 = nn.ReLU(inplace=True)
         self.conv3 = nn.Conv2d(width, planes, 1, bias=False)
@@ -167,20 +178,24 @@ class Bottleneck(ResidualBlock):
 
 
 class PreActBottleneck(ResidualBlock):
-    """BN-ReLU-1x1 conv, BN-ReLU-3x3 (grouped) conv, BN-ReLU-1x1 conv, add the shortcut."""
+    """BN-ReLU-1x1 conv, BN-ReLU-3x3 (grouped) conv, BN-ReLU-1x1 conv, add the shortcut.
+
+    Strided in the 3x3 conv, or in the first 1x1 conv with ``stride_on="1x1"`` (He et al.'s own code).
+    """
 
     sites = ("act1", "act2", "act3")
     ends_with_site = False
 
     def __init__(self, in_planes: int, width: int, planes: int, stride: int = 1, groups: int = 1,
-                 shortcut: str = "B"):
+                 shortcut: str = "B", stride_on: str = "3x3"):
         super().__init__()
+        stride1, stride3 = _strides(stride, stride_on)
         self.bn1 = nn.BatchNorm2d(in_planes)
         self.act1 = nn.ReLU(inplace=True)
-        self.conv1 = nn.Conv2d(in_planes, width, 1, bias=False)
+        self.conv1 = nn.Conv2d(in_planes, width, 1, stride1, bias=False)
         self.bn2 = nn.BatchNorm2d(width)
         self.act2 = nn.ReLU(inplace=True)
-        self.conv2 = nn.Conv2d(width, width, 3, stride, 1, groups=groups, bias=False)
+        self.conv2 = nn.Conv2d(width, width, 3, stride3, 1, groups=groups, bias=False)
         self.bn3 = nn.BatchNorm2d(width)
         self.act3 = nn.ReLU(inplace=True)
         self.conv3 = nn.Conv2d(width, planes, 1, bias=False)
@@ -198,8 +213,10 @@ class PreActBottleneck(ResidualBlock):
 
 
 def residual_block(kind: str, form: str, in_planes: int, planes: int, stride: int, shortcut: str,
-                   dropout: float = 0.0, width: int | None = None, groups: int = 1) -> ResidualBlock:
-    """The ``kind`` (basic | bottleneck) block in ``form`` (pre | post); ``width``: a bottleneck's inner width."""
+                   dropout: float = 0.0, width: int | None = None, groups: int = 1,
+                   bottleneck_stride: str = "3x3") -> ResidualBlock:
+    """The ``kind`` (basic | bottleneck) block in ``form`` (pre | post); ``width``: a bottleneck's inner width,
+    ``bottleneck_stride``: the bottleneck's convolution that strides (3x3 | 1x1)."""
     if form not in FORMS:
         raise ValueError(f"form must be one of {', '.join(FORMS)}, got {form!r}")
     if kind == "basic":
@@ -208,5 +225,5 @@ def residual_block(kind: str, form: str, in_planes: int, planes: int, stride: in
         if dropout:
             raise ValueError("dropout is only defined for basic blocks (between their two convolutions)")
         cls = PreActBottleneck if form == "pre" else Bottleneck
-        return cls(in_planes, width or planes // 4, planes, stride, groups, shortcut)
+        return cls(in_planes, width or planes // 4, planes, stride, groups, shortcut, bottleneck_stride)
     raise ValueError(f"block must be one of {', '.join(KINDS)}, got {kind!r}")

@@ -7,40 +7,12 @@ from typing import Sequence
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from .base import init_weights, make_stage
+from .base import Head, Stem, init_weights, make_stage
 from .registry import register_model
-from .residual import BasicBlock, PadShortcut, apply_stochastic_depth, make_shortcut, residual_block
+from .residual import apply_stochastic_depth, residual_block
 
-__all__ = ["BasicBlock", "CifarResNet", "Head", "PadShortcut", "Stem", "make_shortcut"]
-
-
-class Stem(nn.Sequential):
-    """3x3 conv at full resolution, followed by BN-ReLU unless the blocks after it are pre-activated."""
-
-    def __init__(self, in_chans: int, planes: int, activate: bool = True):
-        super().__init__()
-        self.conv = nn.Conv2d(in_chans, planes, 3, 1, 1, bias=False)
-        if activate:
-            self.bn = nn.BatchNorm2d(planes)
-            self.act = nn.ReLU(inplace=True)
-
-
-class Head(nn.Module):
-    """[BN-ReLU, for pre-activation trunks,] global average pool and a linear classifier."""
-
-    def __init__(self, in_features: int, num_classes: int, activate: bool = False):
-        super().__init__()
-        if activate:
-            self.bn = nn.BatchNorm2d(in_features)
-            self.act = nn.ReLU(inplace=True)
-        self.fc = nn.Linear(in_features, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if hasattr(self, "act"):
-            x = self.act(self.bn(x))
-        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+__all__ = ["CifarResNet", "blocks_per_stage", "preact_resnet", "resnet", "resnext29", "wrn"]
 
 
 class CifarResNet(nn.Module):
@@ -52,7 +24,8 @@ class CifarResNet(nn.Module):
 
     def __init__(self, kind: str, form: str, blocks_per_stage: int, widths: Sequence[int], num_classes: int = 10,
                  in_chans: int = 3, stem_width: int = 16, shortcut: str = "A", dropout: float = 0.0,
-                 inner_widths: Sequence[int] | None = None, groups: int = 1, survival_prob: float = 1.0):
+                 inner_widths: Sequence[int] | None = None, groups: int = 1, survival_prob: float = 1.0,
+                 bottleneck_stride: str = "3x3"):
         super().__init__()
         if blocks_per_stage < 1:
             raise ValueError(f"a residual network needs at least one block per stage, got {blocks_per_stage}")
@@ -63,7 +36,7 @@ class CifarResNet(nn.Module):
             width = inner_widths[i] if inner_widths else None
             self.add_module(f"layer{i + 1}", make_stage(
                 lambda c, stride, planes=planes, width=width: residual_block(kind, form, c, planes, stride, shortcut,
-                                                                            dropout, width, groups),
+                                                                            dropout, width, groups, bottleneck_stride),
                 cin, planes, blocks_per_stage, i > 0))
         self.head = Head(widths[-1], num_classes, activate=pre)
         apply_stochastic_depth(self, survival_prob)
@@ -121,17 +94,27 @@ _named_resnet(164, "bottleneck", "B")
 
 @register_model
 def preact_resnet(depth: int = 110, num_classes: int = 10, in_chans: int = 3, block: str = "basic",
-                  form: str = "pre", shortcut: str = "A", survival_prob: float = 1.0) -> CifarResNet:
-    """Pre-activation ResNet of depth 6n+2 (basic) or 9n+2 (bottleneck); ``form=post``: after-activation."""
+                  form: str = "pre", shortcut: str = "A", survival_prob: float = 1.0,
+                  bottleneck_stride: str = "3x3") -> CifarResNet:
+    """Pre-activation ResNet of depth 6n+2 (basic) or 9n+2 (bottleneck); ``form=post``: after-activation.
+
+    ``bottleneck_stride``: where a downsampling bottleneck strides, its 3x3 conv or (He et al.'s code) its first 1x1.
+    """
     kind = _kind(block)
     return CifarResNet(kind, form, blocks_per_stage(depth, kind), _widths(kind), num_classes, in_chans,
-                       shortcut=shortcut, survival_prob=survival_prob)
+                       shortcut=shortcut, survival_prob=survival_prob, bottleneck_stride=bottleneck_stride)
 
 
 def _named_preact(depth: int, block: str, shortcut: str) -> None:
-    def build(num_classes: int = 10, in_chans: int = 3, form: str = "pre", shortcut: str = shortcut,
-              survival_prob: float = 1.0) -> CifarResNet:
-        return preact_resnet(depth, num_classes, in_chans, block, form, shortcut, survival_prob)
+    if block == "bottleneck":
+        def build(num_classes: int = 10, in_chans: int = 3, form: str = "pre", shortcut: str = shortcut,
+                  survival_prob: float = 1.0, bottleneck_stride: str = "3x3") -> CifarResNet:
+            return preact_resnet(depth, num_classes, in_chans, block, form, shortcut, survival_prob,
+                                 bottleneck_stride)
+    else:
+        def build(num_classes: int = 10, in_chans: int = 3, form: str = "pre", shortcut: str = shortcut,
+                  survival_prob: float = 1.0) -> CifarResNet:
+            return preact_resnet(depth, num_classes, in_chans, block, form, shortcut, survival_prob)
 
     build.__name__ = f"preact_resnet{depth}"
     build.__doc__ = (f"Pre-act ResNet-{depth} for CIFAR ({blocks_per_stage(depth, block)} {block} blocks per "

@@ -11,7 +11,7 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
-from .base import init_weights, make_stage
+from .base import global_average, init_weights, make_stage
 from .registry import register_model
 from .residual import apply_stochastic_depth, residual_block
 
@@ -28,7 +28,8 @@ class ImageNetResNet(nn.Module):
     """
 
     def __init__(self, layers: Sequence[int], num_classes: int = 1000, in_chans: int = 3, form: str = "post",
-                 groups: int = 1, width_per_group: int = 64, survival_prob: float = 1.0):
+                 groups: int = 1, width_per_group: int = 64, survival_prob: float = 1.0,
+                 bottleneck_stride: str = "3x3"):
         super().__init__()
         pre = form == "pre"
         self.conv1 = nn.Conv2d(in_chans, 64, 7, 2, 3, bias=False)
@@ -42,14 +43,14 @@ class ImageNetResNet(nn.Module):
             width = planes * width_per_group // 64 * groups
             self.add_module(f"layer{i + 1}", make_stage(
                 lambda c, stride, planes=planes, width=width: residual_block("bottleneck", form, c, planes * 4, stride,
-                                                                            "B", 0.0, width, groups),
+                                                                            "B", 0.0, width, groups,
+                                                                            bottleneck_stride),
                 in_planes, planes * 4, count, i > 0))
             in_planes = planes * 4
         if pre:
             self.bn_final = nn.BatchNorm2d(in_planes)
             self.relu_final = nn.ReLU(inplace=True)
         self.fixed_sites = ("relu_final",) if pre else ("relu",)
-        self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(in_planes, num_classes)
         apply_stochastic_depth(self, survival_prob)
         init_weights(self)
@@ -61,7 +62,7 @@ class ImageNetResNet(nn.Module):
         x = self.layer4(self.layer3(self.layer2(self.layer1(self.maxpool(x)))))
         if hasattr(self, "relu_final"):
             x = self.relu_final(self.bn_final(x))
-        return self.fc(torch.flatten(self.avgpool(x), 1))
+        return self.fc(global_average(x))
 
 
 def _named(name: str, depth: int, form: str | None = None, groups: int = 1, width_per_group: int = 64,
@@ -72,10 +73,10 @@ def _named(name: str, depth: int, form: str | None = None, groups: int = 1, widt
             return ImageNetResNet(LAYERS[depth], num_classes, in_chans, "post", groups, width_per_group,
                                   survival_prob)
     else:
-        def build(num_classes: int = 1000, in_chans: int = 3, form: str = form,
-                  survival_prob: float = 1.0) -> ImageNetResNet:
+        def build(num_classes: int = 1000, in_chans: int = 3, form: str = form, survival_prob: float = 1.0,
+                  bottleneck_stride: str = "3x3") -> ImageNetResNet:
             return ImageNetResNet(LAYERS[depth], num_classes, in_chans, form, groups, width_per_group,
-                                  survival_prob)
+                                  survival_prob, bottleneck_stride)
 
     build.__name__, build.__doc__ = name, doc
     register_model(build, input_shape=IMAGENET_INPUT)
