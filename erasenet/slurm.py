@@ -5,7 +5,8 @@ submitit launcher.
   accounting database (slurmdbd), such as ``scripts/slurm_local.sh``'s, answers every call with an error: submitit
   warns on each poll, and never learns that a job ended without writing its result (killed, out of memory, an
   error before Python started), so the sweep would wait forever. There the states come from
-  ``squeue --states=all``, which lists a finished job for MinJobAge seconds (300 by default; polled every minute).
+  ``squeue --states=all``, which lists a finished job for MinJobAge seconds (300 by default; polled at least every
+  30 s).
 - **A failed job does not hide the others.** The sweep waits for every job. A job that fails gets a
   ``result.json`` with ``status: failed`` and the reason (the run's own one-paragraph error, or the last line of
   its traceback, or Slurm's state), the sweep's summary is written, and the command exits with status 1.
@@ -18,6 +19,7 @@ import logging
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -95,6 +97,18 @@ def write_failure(launcher: Any, overrides: Sequence[str], reason: str, job_id: 
     return directory
 
 
+def wait_all(jobs: Sequence[SlurmJob], watcher: SqueueWatcher | None) -> None:
+    """Wait until every job has a result or has left the queue. ``squeue`` is asked every 2 s at first, then less
+    often (every 30 s after five minutes), so that a job that died is noticed soon; ``sacct`` keeps submitit's pace."""
+    start = time.monotonic()
+    while True:
+        if watcher is not None:
+            watcher.update()
+        if all(job.done() for job in jobs):
+            return
+        time.sleep(1 if watcher is None else min(30.0, max(2.0, (time.monotonic() - start) / 10)))
+
+
 def launch(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list[JobReturn]:
     """Submit one Slurm job per run (a job array), wait for all of them, and report the failed ones."""
     import submitit
@@ -117,12 +131,10 @@ def launch(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_id
     n = len(job_overrides)
     jobs = executor.map_array(launcher, [list(o) for o in job_overrides], ["hydra.sweep.dir"] * n, list(numbers),
                               [f"job_id_for_{i}" for i in numbers], [Singleton.get_state()] * n)
-    if not accounting_enabled():
-        watcher = SqueueWatcher(delay_s=60)
-        for job in jobs:
-            job.watcher = watcher  # instead of the class-wide sacct watcher
+    watcher = None if accounting_enabled() else SqueueWatcher(delay_s=30)
     for job in jobs:
-        job.wait()
+        job.watcher = watcher or job.watcher  # instead of the class-wide sacct watcher
+    wait_all(jobs, watcher)
     returns, failed = [], []
     for job, overrides in zip(jobs, job_overrides):
         reason = failure_reason(job)
