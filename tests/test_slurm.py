@@ -163,11 +163,11 @@ def test_a_preempted_job_checkpoints_is_requeued_and_resumes_exactly(tmp_path):
     job = wait_for(lambda: slurm_jobs(root), "the Slurm job")[0]
 
     # a time limit or preemption announced by signal, in epoch 2: the run checkpoints, submitit requeues the job
-    wait_for(lambda: len(metrics(run_dir)) == 1, "epoch 1")
+    wait_for(lambda: (run_dir / "checkpoints" / "epoch0001.pt").exists(), "epoch 1")
     slurm("scancel", "--signal=USR2", job)
     release_requeued(job)
-    # preemption without a signal first: Slurm sends SIGTERM, kills the job and requeues it
-    wait_for(lambda: len(metrics(run_dir)) == 2, "epoch 2 of the resumed job", timeout=240)
+    # preemption without a signal first, in epoch 3: Slurm sends SIGTERM, kills the job and requeues it
+    wait_for(lambda: (run_dir / "checkpoints" / "epoch0002.pt").exists(), "epoch 2 of the resumed job", timeout=240)
     slurm("scontrol", "requeue", job)
     release_requeued(job)
 
