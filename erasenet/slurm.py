@@ -25,7 +25,7 @@ from typing import Any, Sequence
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.singleton import Singleton
-from hydra.core.utils import JobReturn, JobStatus, filter_overrides, setup_globals
+from hydra.core.utils import JobReturn, filter_overrides, setup_globals
 from omegaconf import OmegaConf
 from submitit.slurm.slurm import SlurmInfoWatcher, SlurmJob
 
@@ -109,6 +109,17 @@ def wait_all(jobs: Sequence[SlurmJob], watcher: SqueueWatcher | None) -> None:
         time.sleep(1 if watcher is None else min(30.0, max(2.0, (time.monotonic() - start) / 10)))
 
 
+def clear_failure(launcher: Any, overrides: Sequence[str]) -> None:
+    """Remove the failure record an earlier submission of this run left (``write_failure``), so it trains again."""
+    path = run_dir(launcher, overrides) / "result.json"
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return
+    if record.get("status") == "failed" and "slurm_job" in record and "config" not in record:
+        path.unlink()
+
+
 def launch(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list[JobReturn]:
     """Submit one Slurm job per run (a job array), wait for all of them, and report the failed ones."""
     import submitit
@@ -128,6 +139,7 @@ def launch(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_id
     numbers = range(initial_job_idx, initial_job_idx + len(job_overrides))
     for number, overrides in zip(numbers, job_overrides):
         log.info(f"\t#{number} : {' '.join(filter_overrides(overrides))}")
+        clear_failure(launcher, overrides)
     n = len(job_overrides)
     jobs = executor.map_array(launcher, [list(o) for o in job_overrides], ["hydra.sweep.dir"] * n, list(numbers),
                               [f"job_id_for_{i}" for i in numbers], [Singleton.get_state()] * n)
@@ -139,13 +151,11 @@ def launch(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_id
     for job, overrides in zip(jobs, job_overrides):
         reason = failure_reason(job)
         if reason is None:
-            returns.append(job.results()[0])
-            continue
-        where = write_failure(launcher, overrides, reason, job.job_id)
-        failed.append(f"{' '.join(filter_overrides(overrides))} (Slurm job {job.job_id}, {where}): "
-                      + reason.rstrip("."))
-        returns.append(JobReturn(overrides=list(overrides), status=JobStatus.FAILED,
-                                 _return_value=RuntimeError(reason)))
+            returns.append(job.results()[0])  # rank 0's, under slurm_ddp
+        else:
+            where = write_failure(launcher, overrides, reason, job.job_id)
+            failed.append(f"{' '.join(filter_overrides(overrides))} (Slurm job {job.job_id}, {where}): "
+                          + reason.rstrip("."))
     if failed:
         SummaryCallback().on_multirun_end(config=launcher.config)
         print(f"\nerror: {len(failed)} of {n} jobs of the sweep failed: " + "; ".join(failed)
