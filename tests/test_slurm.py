@@ -61,13 +61,13 @@ def finish(proc: subprocess.Popen, timeout: float = 300) -> tuple[int, str, str]
     return proc.returncode, out, err
 
 
-def wait_for(condition, what: str, timeout: float = 180):
+def wait_for(condition, what: str, timeout: float = 180, every: float = 0.05):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = condition()
         if value:
             return value
-        time.sleep(0.05)
+        time.sleep(every)
     raise AssertionError(f"timed out waiting for {what}")
 
 
@@ -86,7 +86,7 @@ def job_state(job: str) -> str:
 
 def release_requeued(job: str) -> None:
     """Let a requeued job start now: Slurm holds a requeued batch job for about two minutes (its BeginTime)."""
-    wait_for(lambda: job_state(job) == "PENDING", f"job {job} to be requeued")
+    wait_for(lambda: job_state(job) == "PENDING", f"job {job} to be requeued", every=0.2)
     slurm("scontrol", "update", f"jobid={job}", "StartTime=now")
 
 
@@ -124,10 +124,10 @@ def job_logs(root: Path, job: str = "*") -> str:
 
 
 def test_a_slurm_sweep_writes_what_the_local_launcher_writes(tmp_path):
+    on_slurm = start_cli("-m", *SLURM, *RUN, "seed=0,1", cwd=tmp_path / "slurm")
     (tmp_path / "local").mkdir()
     local = run_cli("-m", *RUN, "seed=0,1", cwd=tmp_path / "local")
     assert local.returncode == 0, local.stderr[-3000:]
-    on_slurm = start_cli("-m", *SLURM, *RUN, "seed=0,1", cwd=tmp_path / "slurm")
     code, out, err = finish(on_slurm)
     assert code == 0, err[-3000:]
     assert "sacct" not in err  # no accounting here: states come from squeue, without a warning on every poll
