@@ -22,10 +22,10 @@ need_root() { [[ $(id -u) == 0 ]] || die "needs root (the daemons, $CONF and apt
 install_packages() {
     command -v slurmctld >/dev/null && command -v slurmd >/dev/null && command -v munged >/dev/null && return
     export DEBIAN_FRONTEND=noninteractive
+    local out
     # a fresh machine or container may have no package lists yet
-    apt-get install -y -qq slurm-wlm munge >/dev/null 2>&1 \
-        || { apt-get update -qq >/dev/null && apt-get install -y -qq slurm-wlm munge >/dev/null; } \
-        || die "could not install slurm-wlm and munge with apt-get."
+    out=$( { apt-get install -y -qq slurm-wlm munge || { apt-get update -qq && apt-get install -y -qq slurm-wlm munge; }; } 2>&1) \
+        || { echo "$out" >&2; die "could not install slurm-wlm and munge with apt-get (its output is above)."; }
 }
 
 running() { [[ -f $1 ]] && kill -0 "$(cat "$1")" 2>/dev/null; }
