@@ -1,8 +1,8 @@
 """Process groups from the torchrun or Slurm environment, DDP wrapping, and cross-rank helpers.
 
-torchrun sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT; Slurm's ``srun`` (one task per GPU)
-sets SLURM_PROCID, SLURM_NTASKS and SLURM_LOCALID, and the rendezvous address is derived from the job's first
-node. Without either, training runs in one process and every helper here is a no-op.
+torchrun sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT; a Slurm job step (``srun``, one task
+per GPU) sets SLURM_PROCID, SLURM_STEP_NUM_TASKS and SLURM_LOCALID, and the rendezvous address is derived from the
+step's first node. Without either, training runs in one process and every helper here is a no-op.
 """
 
 from __future__ import annotations
@@ -10,8 +10,9 @@ from __future__ import annotations
 import logging
 import os
 import re
+import socket
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 import torch.distributed as dist
@@ -39,15 +40,20 @@ class Dist:
         return self.rank == 0
 
 
-def launch_env(environ: dict[str, str] | None = None) -> dict[str, str] | None:
-    """RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT from torchrun or Slurm; None outside both."""
+def launch_env(environ: Mapping[str, str] | None = None) -> dict[str, str] | None:
+    """RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT from torchrun or a Slurm job step; None outside both.
+
+    Only the tasks of an ``srun`` step are processes started together. The batch script of an ``sbatch
+    --ntasks=N`` job (or an ``salloc`` shell) also carries SLURM_PROCID=0 and SLURM_NTASKS=N, but a plain
+    ``python`` there is one process: its environment has no SLURM_STEP_NUM_TASKS.
+    """
     env = os.environ if environ is None else environ
     if "RANK" in env and "WORLD_SIZE" in env:
         return {k: env[k] for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT") if k in env} | {
             "LOCAL_RANK": env.get("LOCAL_RANK", "0")}
-    if "SLURM_PROCID" in env and int(env.get("SLURM_NTASKS", "1")) > 1:
+    if "SLURM_PROCID" in env and int(env.get("SLURM_STEP_NUM_TASKS", "1")) > 1:
         nodes = env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST", "localhost")
-        return {"RANK": env["SLURM_PROCID"], "WORLD_SIZE": env["SLURM_NTASKS"],
+        return {"RANK": env["SLURM_PROCID"], "WORLD_SIZE": env["SLURM_STEP_NUM_TASKS"],
                 "LOCAL_RANK": env.get("SLURM_LOCALID", "0"),
                 "MASTER_ADDR": env.get("MASTER_ADDR", first_host(nodes)),
                 # one port per job, so two jobs sharing a node do not collide
@@ -78,17 +84,52 @@ def setup(trainer: Any, device: torch.device) -> tuple[Dist, torch.device]:
     os.environ.update(env)  # init_method env:// reads them
     rank, local_rank, world = int(env["RANK"]), int(env["LOCAL_RANK"]), int(env["WORLD_SIZE"])
     if device.type == "cuda":
-        if local_rank >= torch.cuda.device_count():
-            raise UserError(f"process {rank} has local rank {local_rank} but this node has "
-                            f"{torch.cuda.device_count()} GPU(s). Start at most one process per GPU.")
-        device = torch.device("cuda", local_rank)
+        device = torch.device("cuda", gpu_index(rank, local_rank, torch.cuda.device_count()))
         torch.cuda.set_device(device)
     backend = trainer.backend if trainer.backend != "auto" else ("nccl" if device.type == "cuda" else "gloo")
     if not dist.is_initialized():
         dist.init_process_group(backend, rank=rank, world_size=world)
+    if device.type == "cuda":
+        refuse_shared_gpus(device)
     if rank != 0:
         quiet_logging()
     return Dist(rank, local_rank, world), device
+
+
+def gpu_index(rank: int, local_rank: int, visible: int) -> int:
+    """The GPU this process trains on, among the ``visible`` ones.
+
+    With per-task binding (``srun --gpus-per-task=1``, ``--gpu-bind``) each task sees only its own GPU while its
+    local rank still counts the node's tasks: that one visible GPU is the process's. Otherwise every process
+    sees the node's GPUs and takes the one of its local rank.
+    """
+    if visible == 1:
+        return 0
+    if local_rank >= visible:
+        raise UserError(f"process {rank} has local rank {local_rank} but sees only {visible} GPU(s). Start at most "
+                        "one process per GPU, or bind one GPU to each task (srun --gpus-per-task=1).")
+    return local_rank
+
+
+def refuse_shared_gpus(device: torch.device) -> None:
+    """Refuse to train when two processes ended up on one GPU (NCCL cannot run two ranks on one device)."""
+    where = (socket.gethostname(), str(torch.cuda.get_device_properties(device).uuid))
+    everyone: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(everyone, where)
+    shared = shared_devices(everyone)
+    if shared:
+        host, uuid, ranks = shared[0]
+        raise UserError(f"processes {', '.join(map(str, ranks))} all use GPU {uuid} of {host}: each process needs a "
+                        "GPU of its own. Start at most one process per GPU, and if Slurm binds GPUs to tasks, give "
+                        "each task one (srun --gpus-per-task=1).")
+
+
+def shared_devices(devices: list[tuple[str, str]]) -> list[tuple[str, str, list[int]]]:
+    """(host, device, ranks) for every device that more than one rank of ``devices`` (indexed by rank) uses."""
+    ranks: dict[tuple[str, str], list[int]] = {}
+    for rank, where in enumerate(devices):
+        ranks.setdefault(tuple(where), []).append(rank)
+    return [(host, device, r) for (host, device), r in ranks.items() if len(r) > 1]
 
 
 def cleanup() -> None:

@@ -95,7 +95,7 @@ def test_launch_environment_from_torchrun_or_slurm():
     assert launch_env({"SLURM_PROCID": "0", "SLURM_NTASKS": "1"}) is None  # one task: no process group
     torchrun_env = {"RANK": "3", "WORLD_SIZE": "8", "LOCAL_RANK": "1", "MASTER_ADDR": "h", "MASTER_PORT": "29500"}
     assert launch_env(torchrun_env) == torchrun_env
-    slurm = launch_env({"SLURM_PROCID": "5", "SLURM_NTASKS": "8", "SLURM_LOCALID": "1", "SLURM_JOB_ID": "123",
+    slurm = launch_env({"SLURM_PROCID": "5", "SLURM_STEP_NUM_TASKS": "8", "SLURM_LOCALID": "1", "SLURM_JOB_ID": "123",
                         "SLURM_JOB_NODELIST": "gpu[03-05,09],cpu1"})
     assert slurm == {"RANK": "5", "WORLD_SIZE": "8", "LOCAL_RANK": "1", "MASTER_ADDR": "gpu03",
                      "MASTER_PORT": "20123"}
