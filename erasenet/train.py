@@ -17,6 +17,7 @@ from omegaconf import DictConfig
 
 from .config import check_config, register_configs
 from .errors import UserError
+from .hydra_errors import reporting_config_errors
 from .preemption import Interrupted
 
 register_configs()
@@ -69,5 +70,16 @@ def _remove_if_empty(out_dir: Path) -> None:
             parent.rmdir()
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """``python -m erasenet.train``: Hydra's main, with Hydra's configuration errors printed as erasenet's own."""
+    import hydra._internal.utils as hydra_internals  # where Hydra reports every error of composing the config
+
+    report = hydra_internals.run_and_report
+    if not getattr(report, "erasenet", False):
+        hydra_internals.run_and_report = reporting_config_errors(report)
+        hydra_internals.run_and_report.erasenet = True
     main()
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,77 @@
+"""The command line as a new user meets it: Hydra's errors as one paragraph, sweeps checked before they train."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, run_cli
+
+
+def assert_one_paragraph_error(proc: subprocess.CompletedProcess, *expected: str) -> None:
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 2, out
+    assert "Traceback" not in out and "HYDRA_FULL_ERROR" not in out, out
+    assert proc.stderr.lstrip().startswith("error: "), out
+    message = " ".join(proc.stderr.split())  # as one paragraph, whatever the line wrapping
+    for text in expected:
+        assert text in message, out
+
+
+@pytest.mark.parametrize("args,expected", [
+    (["model=nosuchnet"], ["config group 'model' has no option 'nosuchnet'", "resnet20, resnet200"]),
+    (["model=resnet21"], ["Did you mean resnet32, resnet20 or resnet?"]),
+    (["hydra/launcher=nope"], ["'hydra/launcher' has no option 'nope'", "parallel"]),
+    (["erase.proportoin=0.5"], ["erase.proportoin is not a key", "Did you mean erase.proportion?"]),
+    (["modle=resnet20"], ["Did you mean model?"]),
+    (["seed=abc"], ["seed=abc has the wrong type", "takes an integer"]),
+    (["trainer.compile=maybe"], ["takes true or false"]),
+    (["schedule.milestones=5"], ["takes a list in brackets"]),
+    (["erase.location=[1"], ["could not be read"]),
+])
+def test_hydra_errors_are_one_paragraph(tmp_path, args, expected):
+    proc = run_cli(*args, "dataset=digits", cwd=tmp_path, timeout=60)
+    assert_one_paragraph_error(proc, *expected)
+    assert not list(tmp_path.iterdir())  # nothing written for a rejected command
+
+
+def test_full_error_still_gives_the_trace(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HYDRA_FULL_ERROR": "1"}
+    proc = subprocess.run([sys.executable, "-m", "erasenet.train", "seed=abc"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0 and "Traceback" in proc.stderr and "ConfigCompositionException" in proc.stderr
+
+
+def test_a_bad_command_line_does_not_import_torch(tmp_path):
+    script = ("import sys\nfrom erasenet.train import cli\nsys.argv = ['erasenet.train', 'erase.proportoin=1']\n"
+              "try:\n    cli()\nexcept SystemExit as e:\n    print('exit', e.code, 'torch' in sys.modules)\n")
+    proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)},
+                          capture_output=True, text=True, timeout=60)
+    assert proc.stdout.strip() == "exit 2 False", proc.stdout + proc.stderr
+
+
+LAUNCHERS = ["erasenet", "parallel", "slurm"]
+PLUGIN = {"parallel": "hydra_plugins.hydra_joblib_launcher", "slurm": "hydra_plugins.hydra_submitit_launcher"}
+
+
+@pytest.mark.parametrize("launcher", LAUNCHERS)
+def test_a_sweep_reports_every_bad_job_before_training_any(tmp_path, launcher):
+    if launcher in PLUGIN and importlib.util.find_spec(PLUGIN[launcher]) is None:
+        pytest.skip(f"the {launcher} launcher's plugin is not installed")
+    proc = run_cli("-m", f"hydra/launcher={launcher}", "experiment=quickstart", "erase.proportion=0,1.5",
+                   "seed=0,abc", cwd=tmp_path, timeout=60)
+    assert_one_paragraph_error(proc, "3 of the sweep's 4 jobs have a bad config, so none was started",
+                               "erase.proportion=1.5 is outside [0, 1]", "seed=abc has the wrong type")
+    assert not (tmp_path / "multirun").exists()
+
+
+def test_a_good_sweep_still_trains(tmp_path):
+    proc = run_cli("-m", "dataset=digits", "model=mlp", "schedule=quick", "schedule.epochs=1", "seed=0,1",
+                   "trainer.tensorboard=false", cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert len(list(Path(tmp_path, "multirun").rglob("result.json"))) == 2
