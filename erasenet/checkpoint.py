@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from .errors import UserError
+from .filemode import new_file_mode
 
 log = logging.getLogger("erasenet")
 
@@ -26,6 +27,7 @@ def atomic_write(path: Path, write: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, new_file_mode())  # mkstemp makes 0600; the renamed file must read like any other the user writes
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()

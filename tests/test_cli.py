@@ -70,8 +70,27 @@ def test_a_sweep_reports_every_bad_job_before_training_any(tmp_path, launcher):
     assert not (tmp_path / "multirun").exists()
 
 
-def test_a_good_sweep_still_trains(tmp_path):
-    proc = run_cli("-m", "dataset=digits", "model=mlp", "schedule=quick", "schedule.epochs=1", "seed=0,1",
-                   "trainer.tensorboard=false", cwd=tmp_path, timeout=300)
+def test_a_sweep_writes_files_with_the_users_umask(tmp_path):
+    """A good sweep still trains, and every file it writes (atomic renames included) is 0644 under umask 022."""
+    env = {**os.environ, "CI": "1", "PYTHONPATH": str(REPO)}
+    args = ["-m", "dataset=digits", "model=mlp", "model.depth=2", "model.width=32", "schedule=quick",
+            "schedule.epochs=1", "seed=0,1"]
+    proc = subprocess.run([sys.executable, "-m", "erasenet.train", *args], cwd=tmp_path, env=env, text=True,
+                          capture_output=True, timeout=300, preexec_fn=lambda: os.umask(0o022))
     assert proc.returncode == 0, proc.stderr
-    assert len(list(Path(tmp_path, "multirun").rglob("result.json"))) == 2
+    sweep = tmp_path / "multirun" / "default"
+    assert len(list(sweep.rglob("result.json"))) == 2
+    modes = {str(p.relative_to(sweep)): oct(p.stat().st_mode & 0o777) for p in sweep.rglob("*") if p.is_file()}
+    assert any(name.endswith(".pt") for name in modes) and "summary.csv" in modes
+    assert set(modes.values()) == {"0o644"}, modes
+
+
+def test_atomic_write_follows_the_umask(tmp_path):
+    from erasenet.checkpoint import atomic_write
+
+    old = os.umask(0o027)
+    try:
+        atomic_write(tmp_path / "a.json", lambda f: f.write(b"{}"))
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o640
