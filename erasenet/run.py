@@ -454,7 +454,7 @@ def make_result(run: Run, state: TrainState, status: str, failure: str | None, c
         "test_error_at_best_val": best["test_error"],
         "selection": "best epoch on val, test reported" if run.sizes["val"] else "none (dataset.val_size=0)",
         "splits": run.sizes, "split_sources": describe_splits(d), "params": run.params, "macs": run.macs,
-        "erased": run.record.sites, "erase": run.record.as_dict(), "device": str(run.device),
+        "erased": run.record.sites, "erase": run.record.as_dict(), "device": str(run.device), "num_threads": torch.get_num_threads(),
         "processes": run.ctx.world_size, "seconds": seconds, "versions": library_versions(), "config": config,
         "accel": accel_record(run.accel, run.compiled),
         "paper": OmegaConf.to_container(run.cfg.paper) if run.cfg.paper.test_error is not None else None,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -94,3 +95,18 @@ def test_atomic_write_follows_the_umask(tmp_path):
     finally:
         os.umask(old)
     assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o640
+
+
+def test_parallel_runs_share_the_cores(tmp_path):
+    """Under hydra/launcher=parallel each run gets cores // n_jobs threads; result.json records the count."""
+    if importlib.util.find_spec("hydra_plugins.hydra_joblib_launcher") is None:
+        pytest.skip("the parallel launcher's plugin is not installed")
+    import joblib
+
+    tiny = ["dataset=digits", "model=mlp", "model.depth=2", "model.width=32", "schedule=quick", "schedule.epochs=1",
+            "trainer.tensorboard=false", "trainer.checkpoint=false"]
+    proc = run_cli("-m", "hydra/launcher=parallel", "hydra.launcher.n_jobs=2", "seed=0,1", *tiny, cwd=tmp_path,
+                   timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    results = [json.loads(p.read_text()) for p in (tmp_path / "multirun").rglob("result.json")]
+    assert [r["num_threads"] for r in results] == [max(1, joblib.cpu_count() // 2)] * 2
