@@ -110,3 +110,16 @@ def test_parallel_runs_share_the_cores(tmp_path):
     assert proc.returncode == 0, proc.stderr
     results = [json.loads(p.read_text()) for p in (tmp_path / "multirun").rglob("result.json")]
     assert [r["num_threads"] for r in results] == [max(1, joblib.cpu_count() // 2)] * 2
+
+
+def test_help_describes_the_main_keys_and_wraps_every_list(tmp_path):
+    proc = run_cli("--help", cwd=tmp_path, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert max(len(line) for line in lines) <= 100
+    for key in ("seed", "erase.proportion", "erase.location", "dataset.root", "trainer.device", "trainer.num_threads"):
+        assert any(line.startswith(f"{key} ") and len(line.split(maxsplit=1)) == 2 for line in lines), key
+    text = proc.stdout
+    for option in ("resnet110", "quickstart", "t2_resnet110_c10_er", "parallel", "prelu_all"):
+        assert option in text
+    assert "$ERASENET_DATA" in text and "resume: auto" in text  # the composed config follows
