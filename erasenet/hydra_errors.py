@@ -99,8 +99,15 @@ def explain(err: BaseException) -> Optional[str]:
         return _bad_key(cause)
     if isinstance(cause, ValidationError):
         return _wrong_type(cause)
-    if isinstance(cause, OmegaConfBaseException) or isinstance(err, ConfigCompositionException):
-        return " ".join(str(err).split()) + (f" ({' '.join(str(cause).split()[:30])})" if cause is not err else "")
+    text = " ".join(str(err).split())
+    if isinstance(err, ConfigCompositionException) and text.startswith("Ambiguous value for argument"):
+        override = str(err).split("'")[1] if str(err).count("'") >= 2 else "key=a,b"
+        return (f"{override} is a sweep, which needs -m: python -m erasenet.train -m {override} ... trains each "
+                f"value (a preset sweeps without -m). For a list value write key=[a,b] instead.")
+    if isinstance(cause, OmegaConfBaseException) and cause is not err:
+        return f"{text} ({' '.join(str(cause).split())})"
+    if isinstance(err, (ConfigCompositionException, OmegaConfBaseException)):
+        return text
     return None
 
 

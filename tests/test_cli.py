@@ -34,6 +34,7 @@ def assert_one_paragraph_error(proc: subprocess.CompletedProcess, *expected: str
     (["trainer.compile=maybe"], ["takes true or false"]),
     (["schedule.milestones=5"], ["takes a list in brackets"]),
     (["erase.location=[1"], ["could not be read"]),
+    (["erase.proportion=0,1"], ["erase.proportion=0,1 is a sweep, which needs -m"]),
 ])
 def test_hydra_errors_are_one_paragraph(tmp_path, args, expected):
     proc = run_cli(*args, "dataset=digits", cwd=tmp_path, timeout=60)
@@ -69,6 +70,12 @@ def test_a_sweep_reports_every_bad_job_before_training_any(tmp_path, launcher):
     assert_one_paragraph_error(proc, "3 of the sweep's 4 jobs have a bad config, so none was started",
                                "erase.proportion=1.5 is outside [0, 1]", "seed=abc has the wrong type")
     assert not (tmp_path / "multirun").exists()
+
+
+def test_a_preset_sweeps_a_comma_separated_list_without_dash_m(tmp_path):
+    # schedule.epochs=0 is refused for every job before any trains, and the refusal counts the jobs
+    proc = run_cli("experiment=quickstart", "erase.proportion=0,0.5", "schedule.epochs=0", cwd=tmp_path, timeout=60)
+    assert_one_paragraph_error(proc, "10 of the sweep's 10 jobs have a bad config")
 
 
 def test_a_sweep_writes_files_with_the_users_umask(tmp_path):
