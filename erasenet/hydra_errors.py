@@ -122,6 +122,13 @@ def print_and_exit(message: str) -> None:
     sys.exit(2)
 
 
+def exit_if_config_error(err: BaseException) -> None:
+    """Print ``err``'s paragraph and exit 2 when it is a configuration error (and no full trace is wanted)."""
+    message = None if full_error_wanted() else explain(err)
+    if message is not None:
+        print_and_exit(message if isinstance(err, UserError) else paragraph(message, len("error: ")))
+
+
 def reporting_config_errors(report: Callable[[Callable[[], Any]], Any]) -> Callable[[Callable[[], Any]], Any]:
     """Wrap Hydra's ``run_and_report`` so that configuration errors print as erasenet's paragraph, exit 2."""
 
@@ -130,10 +137,8 @@ def reporting_config_errors(report: Callable[[Callable[[], Any]], Any]) -> Calla
             try:
                 return func()
             except Exception as err:
-                message = None if full_error_wanted() else explain(err)
-                if message is None:
-                    raise
-                print_and_exit(message if isinstance(err, UserError) else paragraph(message, len("error: ")))
+                exit_if_config_error(err)
+                raise
 
         return report(guarded)
 

@@ -17,7 +17,7 @@ from omegaconf import DictConfig
 
 from .config import check_config, register_configs
 from .errors import UserError
-from .hydra_errors import reporting_config_errors
+from .hydra_errors import exit_if_config_error, reporting_config_errors
 from .preemption import Interrupted
 
 register_configs()
@@ -78,7 +78,11 @@ def cli() -> None:
     if not getattr(report, "erasenet", False):
         hydra_internals.run_and_report = reporting_config_errors(report)
         hydra_internals.run_and_report.erasenet = True
-    main()
+    try:
+        main()
+    except Exception as err:  # --help composes the config outside Hydra's reporting
+        exit_if_config_error(err)
+        raise
 
 
 if __name__ == "__main__":

@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -35,6 +34,7 @@ def assert_one_paragraph_error(proc: subprocess.CompletedProcess, *expected: str
     (["schedule.milestones=5"], ["takes a list in brackets"]),
     (["erase.location=[1"], ["could not be read"]),
     (["erase.proportion=0,1"], ["erase.proportion=0,1 is a sweep, which needs -m"]),
+    (["--help", "model=nosuchnet"], ["config group 'model' has no option 'nosuchnet'"]),
 ])
 def test_hydra_errors_are_one_paragraph(tmp_path, args, expected):
     proc = run_cli(*args, "dataset=digits", cwd=tmp_path, timeout=60)
