@@ -20,6 +20,8 @@ from omegaconf.nodes import BooleanNode, FloatNode, IntegerNode, StringNode
 from .errors import UserError
 
 WIDTH = 100
+# Hydra launcher plugins that erasenet's launcher configs build on: {plugin config: erasenet's launcher}
+PLUGIN_LAUNCHERS = {"joblib": "parallel", "submitit_slurm": "slurm", "submitit_local": "slurm"}
 
 
 def paragraph(text: str, first_indent: int = 0) -> str:
@@ -57,6 +59,10 @@ def _unknown_option(err: MissingConfigException) -> str:
     missing = err.missing_cfg_file or ""
     group, _, option = missing.rpartition("/")
     options = list(err.options or [])
+    if group == "hydra/launcher" and option in PLUGIN_LAUNCHERS:
+        return (f"the {PLUGIN_LAUNCHERS[option]} launcher needs Hydra's {option} plugin, which is not installed. "
+                "Install the launcher plugins with pip install -e '.[cluster]' (or pip install "
+                "hydra-joblib-launcher hydra-submitit-launcher).")
     if not group or not options:  # not a group option: e.g. a --config-name that does not exist
         return f"the config {missing!r} does not exist. Check its name against erasenet/conf/."
     listing = ", ".join(options)

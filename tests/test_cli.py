@@ -130,3 +130,14 @@ def test_help_describes_the_main_keys_and_wraps_every_list(tmp_path):
     for option in ("resnet110", "quickstart", "t2_resnet110_c10_er", "parallel", "prelu_all"):
         assert option in text
     assert "$ERASENET_DATA" in text and "resume: auto" in text  # the composed config follows
+
+
+def test_a_missing_launcher_plugin_says_what_to_install():
+    from hydra.errors import MissingConfigException
+
+    from erasenet.hydra_errors import explain
+
+    # what Hydra raises for hydra/launcher=parallel when hydra-joblib-launcher is not installed
+    err = MissingConfigException("In 'hydra/launcher/parallel': Could not load 'hydra/launcher/joblib'.",
+                                 missing_cfg_file="hydra/launcher/joblib")
+    assert "pip install -e '.[cluster]'" in explain(err) and "parallel launcher" in explain(err)
