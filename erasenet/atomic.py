@@ -8,6 +8,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, BinaryIO, Callable
 
+from .filemode import new_file_mode
+
 
 def atomic_write(path: Path, write: Callable[[BinaryIO], Any]) -> None:
     """Call ``write(file_object)`` on a temporary file beside ``path``, then rename it into place."""
@@ -15,6 +17,7 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, new_file_mode())  # mkstemp makes 0600; the renamed file must read like any other the user writes
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()

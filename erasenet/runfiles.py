@@ -109,7 +109,7 @@ def make_result(run: Run, member: Member, status: str, failure: str | None, seco
         "selection": "best epoch on val, test reported" if run.sizes["val"] else "none (dataset.val_size=0)",
         "splits": run.sizes, "split_sources": describe_splits(cfg.dataset), "params": run.params, "macs": run.macs,
         "erased": member.erased.sites, "erase": member.erased.as_dict(), "device": str(run.device),
-        "processes": run.dist.world_size, "seconds": seconds, "versions": library_versions(),
+        "num_threads": torch.get_num_threads(), "processes": run.dist.world_size, "seconds": seconds, "versions": library_versions(),
         "config": member.config, "accel": accel_record(run.accel, run.compiled),
         "paper": OmegaConf.to_container(cfg.paper) if cfg.paper.test_error is not None else None,
     }

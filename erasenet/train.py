@@ -15,6 +15,7 @@ from omegaconf import DictConfig
 from .config import check_config, register_configs
 from .errors import UserError
 from .job import job_context, refuse
+from .hydra_errors import exit_if_config_error, reporting_config_errors
 from .preemption import Interrupted
 
 register_configs()
@@ -40,5 +41,20 @@ def main(cfg: DictConfig) -> float | None:
         refuse(err)
 
 
+def cli() -> None:
+    """``python -m erasenet.train``: Hydra's main, with Hydra's configuration errors printed as erasenet's own."""
+    import hydra._internal.utils as hydra_internals  # where Hydra reports every error of composing the config
+
+    report = hydra_internals.run_and_report
+    if not getattr(report, "erasenet", False):
+        hydra_internals.run_and_report = reporting_config_errors(report)
+        hydra_internals.run_and_report.erasenet = True
+    try:
+        main()
+    except Exception as err:  # --help composes the config outside Hydra's reporting
+        exit_if_config_error(err)
+        raise
+
+
 if __name__ == "__main__":
-    main()
+    cli()

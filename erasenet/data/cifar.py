@@ -50,8 +50,10 @@ def load_cifar_splits(name: str, root: str, val_size: int, split_seed: int, down
 
         getattr(tvd, tv_class)(str(root_path), train=True, download=True)  # checks the archive's MD5
 
+    # root itself: dataset.root pointed at the extracted folder; root/cifar10/...: one folder per dataset
+    variants = [root_path, root_path / name / folder_name, root_path / name, root_path / name.upper() / folder_name]
     paths = require_files(name, root_path / folder_name, train_files + test_files,
-                          download=fetch if download else None, how_to_get=how_to_get)
+                          download=fetch if download else None, how_to_get=how_to_get, variants=variants)
     full_train = _read_batches(name, paths[:len(train_files)], label_key, how_to_get)
     train, val = hold_out_validation(full_train, val_size, split_seed)
     test = _read_batches(name, paths[len(train_files):], label_key, how_to_get)

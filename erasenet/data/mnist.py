@@ -16,9 +16,13 @@ FILES = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3
 
 
 def _raw_or_gz(folder: Path, name: str) -> Optional[Path]:
-    for path in (folder / name, folder / f"{name}.gz"):
-        if path.is_file():
-            return path
+    """``name`` in ``folder``, extracted or ``.gz``, also under the dotted name some mirrors use
+    (``train-images.idx3-ubyte``)."""
+    dotted = name.replace("-idx", ".idx")
+    for base in (name, dotted):
+        for path in (folder / base, folder / f"{base}.gz"):
+            if path.is_file():
+                return path
     return None
 
 
@@ -66,7 +70,8 @@ def load_mnist_splits(root: str, val_size: int, split_seed: int, download: bool)
 
         MNIST(str(root_path), train=True, download=True)  # checks each archive's MD5
 
+    variants = [root_path / "MNIST", root_path / "mnist" / "raw", root_path / "mnist", root_path]
     paths = require_files("MNIST", folder, FILES, download=fetch if download else None, how_to_get=how_to_get,
-                          locate=_raw_or_gz)
+                          locate=_raw_or_gz, variants=variants)
     train, val = hold_out_validation(_read_pair(paths[0], paths[1], how_to_get), val_size, split_seed)
     return Splits(train=train, val=val, test=_read_pair(paths[2], paths[3], how_to_get), num_classes=10)

@@ -32,7 +32,8 @@ def _read_mat(path: Path, how_to_get: str) -> Split:
 
 def load_svhn_splits(root: str, val_size: int, split_seed: int, download: bool) -> Splits:
     """SVHN's 73,257 training images (less ``val_size`` held out) and 26,032 test images, 3 x 32 x 32 uint8."""
-    folder = Path(root).expanduser() / "svhn"
+    root_path = Path(root).expanduser()
+    folder = root_path / "svhn"
     how_to_get = f"Download {' and '.join(FILES)} from http://ufldl.stanford.edu/housenumbers/ into {folder}."
 
     def fetch() -> None:
@@ -42,6 +43,7 @@ def load_svhn_splits(root: str, val_size: int, split_seed: int, download: bool) 
             if not (folder / f"{split}_32x32.mat").is_file():
                 SVHN(str(folder), split=split, download=True)  # checks the file's MD5
 
-    paths = require_files("SVHN", folder, FILES, download=fetch if download else None, how_to_get=how_to_get)
+    paths = require_files("SVHN", folder, FILES, download=fetch if download else None, how_to_get=how_to_get,
+                          variants=[root_path / "SVHN", root_path])  # root itself: torchvision's own layout
     train, val = hold_out_validation(_read_mat(paths[0], how_to_get), val_size, split_seed)
     return Splits(train=train, val=val, test=_read_mat(paths[1], how_to_get), num_classes=10)
