@@ -82,7 +82,7 @@ class TrainerConfig:
     device: str = "auto"  # auto | cpu | cuda
     progress: str = "auto"  # auto: a tqdm bar on a terminal unless $CI is set | on | off
     num_threads: int = 0  # CPU threads for torch; 0 keeps torch's default
-    deterministic: bool = False  # cuDNN deterministic algorithms (slower)
+    deterministic: bool = False  # deterministic algorithms only (torch, cuDNN, cuBLAS; slower on a GPU)
     checkpoint: bool = True  # write checkpoints/ at every epoch end (needed to resume)
     checkpoint_every_min: float = 0.0  # also checkpoint within an epoch every this many minutes (0: off)
     keep_checkpoints: int = 2  # newest checkpoints kept; older ones are deleted
@@ -94,6 +94,7 @@ class TrainerConfig:
     backend: str = "auto"  # auto (nccl on GPUs, gloo on CPUs) | nccl | gloo
     sync_batchnorm: bool = False  # convert BatchNorm layers to SyncBatchNorm under DDP
     amp: str = "auto"  # auto (bf16 on a GPU that has it, else fp16; off on the CPU) | bf16 | fp16 | off
+    eval_amp: bool = False  # evaluate under trainer.amp too (false: evaluation in fp32)
     channels_last: bool = False  # NHWC memory format for weights and inputs
     compile: bool = False  # torch.compile the model (compiled up front, eager fallback on failure)
     compile_backend: str = "inductor"

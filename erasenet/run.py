@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from . import __version__, distributed
 from .accel import Accel, Compiled, accel_record, build_accel, prepare_model, sample_shapes, to_channels_last
+from .accel import apply_torch_settings
 from .checkpoint import (CHECKPOINT_DIR, atomic_write, check_writable, config_differences, load_checkpoint,
                          load_latest, rng_state, save_json, save_run_checkpoint, set_rng_state)
 from .config import MODEL_META_KEYS
@@ -177,8 +178,7 @@ def train_run(cfg: DictConfig, out_dir: Path, overrides: list[str] = (), group: 
 def configure_torch(trainer: DictConfig) -> None:
     if trainer.num_threads > 0:
         torch.set_num_threads(trainer.num_threads)
-    torch.backends.cudnn.deterministic = trainer.deterministic
-    torch.backends.cudnn.benchmark = not trainer.deterministic
+    apply_torch_settings(trainer.deterministic)
 
 
 def process_schedule(schedule: DictConfig, world_size: int) -> DictConfig:
