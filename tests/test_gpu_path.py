@@ -1,0 +1,193 @@
+"""The GPU path, checked where the CPU can show it: the amp decision, determinism, fp32 evaluation, CUDA graphs'
+static shapes and fallback, and the ImageNet folder loader's reduced-size decoding."""
+
+import logging
+import os
+
+import pytest
+import torch
+import torch.nn as nn
+
+from erasenet.accel import (CUBLAS_WORKSPACE, Accel, CudaGraphTraining, apply_torch_settings, build_accel,
+                            compile_mode_for, prepare_model, resolve_amp)
+from erasenet.data import TensorLoader
+from erasenet.data.digits import load_digits_splits
+from erasenet.engine import build_optimizer, build_scheduler, evaluate, train_one_epoch
+from erasenet.errors import UserError
+from erasenet.models import create_model
+
+CPU, CUDA = torch.device("cpu"), torch.device("cuda")
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_digits_splits(180, 0)
+
+
+def resnet(seed=0, depth=8):
+    torch.manual_seed(seed)
+    return create_model("resnet", depth=depth, num_classes=10, in_chans=1)
+
+
+def loader(digits, n=80, batch=32):
+    return TensorLoader(digits.train.subset(range(n)), batch, train=True, crop_padding=1, mean=[0.3], std=[0.4])
+
+
+@pytest.fixture
+def gpu_of(monkeypatch):
+    """``gpu_of(major, minor, emulated_bf16)``: torch.cuda answers as a GPU of that compute capability would."""
+
+    def pretend(major: int, minor: int, emulated_bf16: bool = True) -> None:
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (major, minor))
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: emulated_bf16)
+
+    return pretend
+
+
+@pytest.mark.parametrize("capability,expected", [((6, 0), torch.float16), ((7, 5), torch.float16),
+                                                 ((8, 0), torch.bfloat16), ((8, 9), torch.bfloat16),
+                                                 ((9, 0), torch.bfloat16)])
+def test_amp_auto_picks_bf16_only_where_the_gpu_has_it_natively(gpu_of, capability, expected):
+    gpu_of(*capability, emulated_bf16=True)  # torch.cuda.is_bf16_supported() says yes even on a T4 (7.5)
+    assert resolve_amp("auto", CUDA) == expected
+    assert resolve_amp("off", CUDA) is None
+    assert resolve_amp("auto", CPU) is None
+
+
+def test_explicit_bf16_on_an_older_gpu_warns_or_refuses(gpu_of, caplog):
+    gpu_of(7, 5, emulated_bf16=True)
+    with caplog.at_level(logging.WARNING, logger="erasenet"):
+        assert resolve_amp("bf16", CUDA) == torch.bfloat16
+    assert "emulates bf16" in caplog.text
+    gpu_of(6, 1, emulated_bf16=False)
+    with pytest.raises(UserError, match="does not support bfloat16"):
+        resolve_amp("bf16", CUDA)
+
+
+@pytest.fixture
+def restore_torch_settings():
+    before = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.deterministic,
+              torch.backends.cudnn.benchmark, os.environ.get(CUBLAS_WORKSPACE[0]))
+    yield
+    torch.use_deterministic_algorithms(before[0])
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = before[1:3]
+    if before[3] is None:
+        os.environ.pop(CUBLAS_WORKSPACE[0], None)
+
+
+def test_deterministic_flag_sets_every_switch(restore_torch_settings, make_cfg, monkeypatch):
+    from erasenet.run import configure_torch
+
+    monkeypatch.delenv(CUBLAS_WORKSPACE[0], raising=False)
+    configure_torch(make_cfg("trainer.deterministic=true").trainer)
+    assert torch.are_deterministic_algorithms_enabled()
+    assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
+    assert os.environ[CUBLAS_WORKSPACE[0]] == CUBLAS_WORKSPACE[1]
+    configure_torch(make_cfg().trainer)  # the default: autotuned, and nothing left over from the run before
+    assert not torch.are_deterministic_algorithms_enabled()
+    assert not torch.backends.cudnn.deterministic and torch.backends.cudnn.benchmark
+    assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+
+
+def test_deterministic_mode_refuses_an_op_without_a_deterministic_kernel(restore_torch_settings):
+    index = torch.tensor([0, 0])  # a repeated index: which write wins is up to the kernel
+    apply_torch_settings(True)
+    with pytest.raises(RuntimeError, match="does not have a deterministic implementation"):
+        torch.zeros(4).put_(index, torch.tensor([1.0, 2.0]))
+    apply_torch_settings(False)
+    torch.zeros(4).put_(index, torch.tensor([1.0, 2.0]))
+
+
+class AutocastProbe:
+    """Records, per forward call, whether CPU autocast was on and the logits' dtype."""
+
+    def __init__(self, model: nn.Module):
+        self.seen: list[tuple[bool, torch.dtype]] = []
+        model.register_forward_hook(lambda m, args, out: self.seen.append((torch.is_autocast_enabled("cpu"),
+                                                                            out.dtype)))
+
+
+def test_evaluation_runs_in_fp32_unless_asked(digits, make_cfg):
+    model = resnet()
+    probe = AutocastProbe(model)
+    test = TensorLoader(digits.test.subset(range(100)), 50, mean=[0.3], std=[0.4])
+    accel = build_accel(make_cfg("trainer.amp=bf16", "trainer.device=cpu").trainer, CPU)
+    assert accel.amp_dtype == torch.bfloat16 and not accel.eval_amp
+    fp32 = evaluate(model, test, accel=accel)
+    assert probe.seen == [(False, torch.float32)] * 2
+    probe.seen.clear()
+    bf16 = evaluate(model, test, accel=Accel(CPU, torch.bfloat16, eval_amp=True))
+    assert probe.seen == [(True, torch.bfloat16)] * 2
+    assert fp32 == evaluate(model, test)  # the default evaluation is exactly the plain fp32 one
+    assert fp32["count"] == bf16["count"] == 100
+    probe.seen.clear()
+    opt = build_optimizer(model, make_cfg("schedule=quick").schedule)
+    train_one_epoch(model, loader(digits, n=32), opt, build_scheduler(opt, make_cfg().schedule, 1), epoch=0,
+                    accel=accel)
+    assert probe.seen == [(True, torch.bfloat16)]  # training itself stays under autocast
+
+
+def test_cuda_graph_modes_fall_back_off_cuda_and_keep_other_modes():
+    model = resnet()
+    assert compile_mode_for("reduce-overhead", model, CUDA) == ("reduce-overhead", None)
+    mode, why = compile_mode_for("reduce-overhead", model, CPU)
+    assert mode == "default" and "need a CUDA device" in why
+    assert compile_mode_for("max-autotune", model, CPU)[0] == "max-autotune-no-cudagraphs"
+    assert compile_mode_for("default", model, CPU) == ("default", None)
+    assert compile_mode_for("max-autotune-no-cudagraphs", model, CUDA) == ("max-autotune-no-cudagraphs", None)
+
+
+def test_trainer_fast_asks_for_cuda_graphs_and_says_when_it_cannot(make_cfg, caplog):
+    trainer = make_cfg("trainer=fast", "trainer.compile_backend=eager").trainer
+    assert trainer.compile_mode == "reduce-overhead" and trainer.amp == "auto" and trainer.channels_last
+    with caplog.at_level(logging.INFO, logger="erasenet"):
+        net = prepare_model(resnet(), trainer, build_accel(trainer, CPU), [((8, 1, 8, 8), True)])
+    assert net.compiled and net.mode == "default"
+    assert "captures CUDA graphs, which need a CUDA device; compiling with mode default on the cpu" in caplog.text
+
+
+class CountingBackend:
+    """A torch.compile backend that runs the traced graph as it is, counting compilations and calls."""
+
+    def __init__(self):
+        self.compiled = self.calls = 0
+
+    def __call__(self, graph: torch.fx.GraphModule, example_inputs):
+        self.compiled += 1
+
+        def run(*args):
+            self.calls += 1
+            return graph.forward(*args)
+
+        return run
+
+
+def test_cuda_graph_training_compiles_one_shape_and_runs_the_rest_eagerly(digits, make_cfg):
+    """Batches of 32, 32 and a last one of 16: the first shape runs compiled, the last batch eagerly (no second
+    compilation or capture), and the training equals the eager one."""
+    schedule = make_cfg("schedule=quick").schedule
+    model, reference = resnet(1), resnet(1)
+    backend = CountingBackend()
+    compiled = torch.compile(model, backend=backend, dynamic=False)
+    graphed = CudaGraphTraining(compiled, model, (32, 1, 8, 8))
+    assert set(graphed.state_dict()) == {f"compiled._orig_mod.{k}" for k in model.state_dict()}
+    for net in (graphed, reference):
+        data = loader(digits)
+        opt = build_optimizer(net, schedule)
+        train_one_epoch(net, data, opt, build_scheduler(opt, schedule, len(data)), epoch=0)
+    assert backend.compiled == 1 and backend.calls == 2
+    for (name, a), b in zip(model.state_dict().items(), reference.state_dict().values()):
+        assert torch.allclose(a.float(), b.float(), atol=1e-5), name
+    evaluate(graphed, TensorLoader(digits.test, 100, mean=[0.3], std=[0.4]))
+    assert backend.compiled == 1 and backend.calls == 2  # evaluation runs the eager model
+
+
+@pytest.mark.parametrize("name,options", [("resnet20", {}), ("preact_resnet", {"depth": 20}),
+                                          ("wrn", {"depth": 10, "width": 1})])
+def test_a_training_step_is_one_graph_without_host_syncs(name, options):
+    """What CUDA graphs capture must hold no host sync or Python-side randomness: Dynamo sees no graph break."""
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=10, in_chans=3, **options).train()
+    explained = torch._dynamo.explain(model)(torch.randn(4, 3, 32, 32))
+    assert explained.graph_break_count == 0, explained.break_reasons
+    assert explained.graph_count == 1
