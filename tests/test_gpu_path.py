@@ -1,9 +1,12 @@
 """The GPU path, checked where the CPU can show it: the amp decision, determinism, fp32 evaluation, CUDA graphs'
 static shapes and fallback, and the ImageNet folder loader's reduced-size decoding."""
 
+import importlib.util
 import logging
 import os
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
@@ -11,6 +14,7 @@ import torch.nn as nn
 from erasenet.accel import (CUBLAS_WORKSPACE, Accel, CudaGraphTraining, apply_torch_settings, build_accel,
                             compile_mode_for, prepare_model, resolve_amp)
 from erasenet.data import TensorLoader
+from erasenet.data.folder_loader import ImageTransform
 from erasenet.data.digits import load_digits_splits
 from erasenet.engine import build_optimizer, build_scheduler, evaluate, train_one_epoch
 from erasenet.errors import UserError
@@ -191,3 +195,88 @@ def test_a_training_step_is_one_graph_without_host_syncs(name, options):
     explained = torch._dynamo.explain(model)(torch.randn(4, 3, 32, 32))
     assert explained.graph_break_count == 0, explained.break_reasons
     assert explained.graph_count == 1
+
+
+def write_jpeg(path, width, height, seed=0, quality=90, noise=10):
+    """A real JPEG of a smooth colour field with mild noise (photo-like: JPEG compresses it as it does photos)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    coarse = Image.fromarray(rng.integers(0, 256, (height // 24, width // 24, 3), dtype=np.uint8))
+    pixels = np.asarray(coarse.resize((width, height), Image.BICUBIC), dtype=np.int16)
+    pixels = (pixels + rng.integers(-noise, noise + 1, pixels.shape, dtype=np.int16)).clip(0, 255).astype(np.uint8)
+    Image.fromarray(pixels).save(path, quality=quality)
+    return path
+
+
+def load_both(path, train, size, resize, seed):
+    """The transform's output decoding at full size and at reduced size, with the same augmentation draw."""
+    out = []
+    for reduced in (False, True):
+        torch.manual_seed(seed)
+        out.append(ImageTransform(train, size, resize, flip=True, reduced_decode=reduced).load(path))
+    return out
+
+
+def test_reduced_decode_changes_nothing_where_the_crop_needs_every_pixel(tmp_path):
+    """500x375 photos at 224: no crop side can be halved and stay >= 224, so the output is bit-identical."""
+    path = write_jpeg(tmp_path / "a.JPEG", 500, 375)
+    for seed in range(8):
+        full, reduced = load_both(path, True, 224, 256, seed)
+        assert full.shape == (3, 224, 224) and torch.equal(full, reduced)
+    full, reduced = load_both(path, False, 224, 256, 0)
+    assert torch.equal(full, reduced)  # evaluation: the short side 375 is under 2 x 256
+
+
+def test_reduced_decode_keeps_the_crop_and_the_picture(tmp_path):
+    """1024x768 photos: the decoder shrinks by 2 or 4 whenever the crop still has the output's pixels, and the
+    result is the full-size decode's crop of the same box, rounded to the reduced decode's pixel grid."""
+    from torchvision.transforms.v2 import functional as F
+
+    from erasenet.data.folder_loader import read_rgb
+
+    path = write_jpeg(tmp_path / "big.JPEG", 1024, 768, seed=1)
+    full = read_rgb(path)
+    transform = ImageTransform(True, 112, 128, flip=False)
+    reductions = []
+    for seed in range(12):
+        torch.manual_seed(seed)
+        box = transform._crop_box(1024, 768)
+        reductions.append(transform.decode_reduction(box, 1024, 768))
+        assert min(box[2:]) >= reductions[-1] * 112 or reductions[-1] == 1
+        torch.manual_seed(seed)
+        reduced = transform.load(path)
+        snapped = [round(v / reductions[-1]) * reductions[-1] for v in box]
+        expected = F.resized_crop(full, *snapped, [112, 112], antialias=True)
+        difference = (reduced.float() - expected.float()).abs()
+        assert reduced.shape == (3, 112, 112) and difference.mean() < 1.5 and difference.max() <= 10
+    assert {2, 4} <= set(reductions)  # the reduced decode was used, at more than one scale
+    evaluation = ImageTransform(False, 224, 256, flip=False)
+    assert evaluation.decode_reduction(None, 1024, 768) == 2
+    difference = (evaluation.load(path).float() - evaluation(full).float()).abs()
+    assert difference.mean() < 1.5 and difference.max() <= 10
+
+
+def test_png_and_unreadable_files_take_the_plain_path(tmp_path):
+    from PIL import Image
+
+    pixels = np.random.default_rng(0).integers(0, 256, (768, 1024, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "a.png")
+    full, reduced = load_both(tmp_path / "a.png", True, 112, 128, 3)
+    assert torch.equal(full, reduced)  # only JPEG decoders can shrink while decoding
+    (tmp_path / "bad.JPEG").write_bytes(b"not a jpeg")
+    with pytest.raises(UserError, match="bad.JPEG"):
+        ImageTransform(True, 112, 128, flip=True).load(tmp_path / "bad.JPEG")
+
+
+def test_bench_measures_the_folder_loader_on_real_jpegs(tmp_path):
+    """The benchmark's folder-loader section end to end on a few images (its figures are in docs/performance.md)."""
+    spec = importlib.util.spec_from_file_location("bench", Path(__file__).resolve().parents[1] / "scripts/bench.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    rows = bench.bench_folder(tmp_path, n=2, repeats=1)
+    assert [(r["image"], r["transform"]) for r in rows] == [
+        ("500x375", "train 224"), ("500x375", "eval 224 (resize 256)"), ("500x375", "train 128"),
+        ("1024x768", "train 224"), ("1024x768", "eval 224 (resize 256)")]
+    assert all(r["full_decode_images_per_s"] > 0 and r["reduced_decode_images_per_s"] > 0 for r in rows)
+    assert len(list(tmp_path.glob("*.JPEG"))) == 4
