@@ -33,7 +33,8 @@ class ImageTransform:
 
     :meth:`load` decodes a JPEG at 1/2, 1/4 or 1/8 of its size (PIL's ``draft``) when the crop it will take still
     has at least the output's pixels at that size, so no pixel the output needs is lost: only work the resize would
-    throw away is skipped. Calling the transform on a decoded uint8 tensor applies the same steps.
+    throw away is skipped. The crop box is then rounded to the reduced image's pixels (an equally random crop, at
+    most half a reduced pixel away). Calling the transform on a decoded uint8 tensor applies the same steps.
     """
 
     def __init__(self, train: bool, image_size: int, resize_size: int, flip: bool, reduced_decode: bool = True):
