@@ -102,6 +102,19 @@ def test_deterministic_mode_refuses_an_op_without_a_deterministic_kernel(restore
     torch.zeros(4).put_(index, torch.tensor([1.0, 2.0]))
 
 
+def test_a_run_trains_in_deterministic_mode_and_records_fp32_evaluation(restore_torch_settings, make_cfg,
+                                                                         tmp_path):
+    """Every op of a real run has a deterministic kernel (or the run would raise), and result.json says how it
+    evaluated."""
+    from erasenet.run import train_run
+
+    cfg = make_cfg("dataset=digits", "schedule=quick", "schedule.epochs=1", "trainer.deterministic=true",
+                   "trainer.tensorboard=false", "trainer.checkpoint=false")
+    result = train_run(cfg, tmp_path / "run")
+    assert result["status"] == "ok" and torch.are_deterministic_algorithms_enabled()
+    assert result["accel"]["eval_amp"] is False and result["accel"]["compile_mode"] is None
+
+
 class AutocastProbe:
     """Records, per forward call, whether CPU autocast was on and the logits' dtype."""
 
