@@ -17,7 +17,7 @@ import torch.nn as nn
 from omegaconf import DictConfig, OmegaConf
 
 from . import distributed
-from .accel import Accel, Compiled, build_accel, prepare_model, to_channels_last
+from .accel import Accel, Compiled, apply_torch_settings, build_accel, prepare_model, to_channels_last
 from .concurrent import StackedLoader, StackedModels, check_members, generator_state, with_seed
 from .config import MODEL_META_KEYS
 from .data import build_loaders
@@ -88,8 +88,7 @@ def progress_enabled(setting: str) -> bool:
 def configure_torch(trainer: DictConfig) -> None:
     if trainer.num_threads > 0:
         torch.set_num_threads(trainer.num_threads)
-    torch.backends.cudnn.deterministic = trainer.deterministic
-    torch.backends.cudnn.benchmark = not trainer.deterministic
+    apply_torch_settings(trainer.deterministic)
 
 
 def schedule_per_process(schedule: DictConfig, world_size: int) -> DictConfig:

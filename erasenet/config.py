@@ -88,7 +88,7 @@ class TrainerConfig:
     device: str = MISSING  # auto | cpu | cuda
     progress: str = MISSING  # auto: a tqdm bar on a terminal unless $CI is set | on | off
     num_threads: int = MISSING  # CPU threads for torch; 0 keeps torch's default
-    deterministic: bool = MISSING  # cuDNN deterministic algorithms (slower)
+    deterministic: bool = MISSING  # deterministic algorithms only (torch, cuDNN, cuBLAS; slower on a GPU)
     checkpoint: bool = MISSING  # write checkpoints/ at every epoch end (needed to resume)
     checkpoint_every_min: float = MISSING  # also checkpoint within an epoch every this many minutes (0: off)
     keep_checkpoints: int = MISSING  # newest checkpoints kept; older ones are deleted
@@ -100,6 +100,7 @@ class TrainerConfig:
     backend: str = MISSING  # auto (nccl on GPUs, gloo on CPUs) | nccl | gloo
     sync_batchnorm: bool = MISSING  # convert BatchNorm layers to SyncBatchNorm under DDP
     amp: str = MISSING  # auto (bf16 on a GPU that has it, else fp16; off on the CPU) | bf16 | fp16 | off
+    eval_amp: bool = MISSING  # evaluate under trainer.amp too (false: evaluation in fp32)
     channels_last: bool = MISSING  # NHWC memory format for weights and inputs
     compile: bool = MISSING  # torch.compile the model (compiled up front, eager fallback on failure)
     compile_backend: str = MISSING

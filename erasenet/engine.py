@@ -169,7 +169,7 @@ def evaluate(model: nn.Module, loader: Iterable, reduce: Reduce | None = None, a
     sums = torch.zeros(4 if top5 else 3, device=device, dtype=torch.float64)  # loss sum, wrong, count[, top-5 wrong]
     accel = accel or Accel(device)
     for x, y in loader:
-        with accel.autocast():
+        with accel.autocast(train=False):
             logits = model(accel.inputs(x)).float()
         sums[0] += F.cross_entropy(logits, y, reduction="sum").double()
         sums[1] += (logits.argmax(1) != y).sum()

@@ -1,41 +1,49 @@
 """Training throughput of erasenet against the pipeline a typical user writes, measured in one process.
 
-    python scripts/bench.py                                 # GPU if there is one: ResNet-20/56/110, ResNet-50
+    python scripts/bench.py --json bench.json               # GPU if there is one: everything, tables to paste
     python scripts/bench.py --device cpu --quick --json bench.json
 
-Measured, each after a warm-up, with synchronized timing, on synthetic uint8 data of the real shapes:
+Every figure is taken after a warm-up, with synchronized timing, under the torch settings a run uses
+(``erasenet.accel.apply_torch_settings``: cuDNN autotuning, TF32), on synthetic data of the real shapes:
 
 - loader: images/s of torchvision's PIL pipeline (Dataset + RandomCrop(32, 4) + RandomHorizontalFlip + ToTensor +
-  Normalize, DataLoader) against erasenet's TensorLoader with the same augmentation, CIFAR-shaped;
+  Normalize, DataLoader with the workers a real script uses) against erasenet's TensorLoader, CIFAR-shaped;
 - CIFAR ResNets, training images/s: (a) that PIL pipeline with an fp32 eager model and a plain loop;
-  (b) erasenet's default path (TensorLoader, engine.train_one_epoch, trainer defaults);
+  (b32) erasenet's loop with amp off (fp32, TF32 on a GPU); (b) erasenet's default path (``trainer.amp=auto``);
+  (f) ``trainer=fast`` (amp, channels_last, torch.compile with CUDA graphs; GPU only, compile time apart);
   (c) five seeds trained together (erasenet.concurrent), per-seed throughput summed;
 - the quickstart's model (ResNet-20 on 8x8 digits, batch 64): five seeds together against five one after another;
-- ImageNet ResNet-50 at batch 256 on synthetic data, images/s and peak memory (GPU only).
+- ImageNet ResNet-50 at batch 256 (GPU only): the bare model's step and erasenet's loop (TensorLoader on the GPU,
+  engine.train_one_epoch) in bf16 and in fp32, images/s and peak memory;
+- the aten ops one training step of ResNet-20 and ResNet-110 dispatches, fp32 and bf16 (what makes them
+  launch-bound on a GPU);
+- the ImageNet folder loader: images/s of one worker on JPEGs it writes (500x375 and 1024x768, quality 90),
+  decoding at full size against decoding at the reduced size the crop allows.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
 import sys
+import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from omegaconf import OmegaConf  # noqa: E402
-
-from erasenet.accel import Accel, resolve_amp  # noqa: E402
-from erasenet.concurrent import StackedLoader, StackedModels, with_seed  # noqa: E402
-from erasenet.data import TensorLoader  # noqa: E402
-from erasenet.data.splits import Split  # noqa: E402
-from erasenet.engine import build_optimizer, build_scheduler, train_one_epoch  # noqa: E402
-from erasenet.models import create_model  # noqa: E402
+from erasenet.accel import Accel, apply_torch_settings, build_accel, prepare_model, resolve_amp
+from erasenet.concurrent import StackedLoader, StackedModels, with_seed
+from erasenet.data import TensorLoader
+from erasenet.data.splits import Split
+from erasenet.engine import build_optimizer, build_scheduler, train_one_epoch
+from erasenet.models import create_model
 
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 SCHEDULE = OmegaConf.create({"lr": 0.1, "momentum": 0.9, "nesterov": False, "weight_decay": 1e-4, "milestones": [],
@@ -43,15 +51,27 @@ SCHEDULE = OmegaConf.create({"lr": 0.1, "momentum": 0.9, "nesterov": False, "wei
 K = 5
 
 
+@functools.lru_cache(maxsize=None)
+def trainer_config(*overrides: str) -> DictConfig:
+    """The ``trainer`` config a run composes from ``overrides`` (e.g. ``trainer=fast``); read only."""
+    from hydra import compose, initialize_config_module
+
+    from erasenet.config import register_configs
+
+    register_configs()
+    with initialize_config_module(config_module="erasenet.conf", version_base=None):
+        return compose(config_name="config", overrides=list(overrides)).trainer
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
-def synthetic_cifar(n: int, seed: int = 0) -> Split:
+def synthetic_images(n: int, size: int = 32, classes: int = 10, seed: int = 0) -> Split:
     g = torch.Generator().manual_seed(seed)
-    return Split(torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g),
-                 torch.randint(0, 10, (n,), generator=g))
+    return Split(torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=g),
+                 torch.randint(0, classes, (n,), generator=g))
 
 
 class PILDataset(torch.utils.data.Dataset):
@@ -96,7 +116,7 @@ def timed_epochs(run_epoch, device: torch.device, images: int) -> float:
 
 
 def bench_loaders(device: torch.device, n: int, batch: int, workers: int) -> dict:
-    split = synthetic_cifar(n)
+    split = synthetic_images(n)
     pil = pil_loader(split, batch, workers, device)
     tensors = tensor_loader(split, batch, device)
 
@@ -113,9 +133,9 @@ def bench_loaders(device: torch.device, n: int, batch: int, workers: int) -> dic
     return {"pil_images_per_s": a, "tensor_images_per_s": b, "loader_ratio": b / a}
 
 
-def model(name: str, device: torch.device, seed: int = 0, in_chans: int = 3) -> torch.nn.Module:
+def model(name: str, device: torch.device, seed: int = 0, in_chans: int = 3, classes: int = 10) -> torch.nn.Module:
     torch.manual_seed(seed)
-    return create_model(name, num_classes=10, in_chans=in_chans).to(device)
+    return create_model(name, num_classes=classes, in_chans=in_chans).to(device)
 
 
 def train_baseline(name: str, split: Split, batch: int, workers: int, device: torch.device) -> float:
@@ -135,36 +155,64 @@ def train_baseline(name: str, split: Split, batch: int, workers: int, device: to
     return timed_epochs(run, device, len(loader) * batch)
 
 
-def train_erasenet(make_model, loader, accel: Accel, device: torch.device, members: int = 1) -> float:
-    """(b) and (c): the engine's loop over a TensorLoader (or K stacked ones); summed images/s of all members."""
+def train_erasenet(make_model, loader, accel: Accel, device: torch.device, members: int = 1,
+                   trainer: DictConfig | None = None) -> dict:
+    """The engine's loop over a TensorLoader (or K stacked ones), the model prepared as a run prepares it under
+    ``trainer`` (channels_last, compile); summed images/s of all members and the compile time."""
     net = make_model()
     opt = build_optimizer(net, SCHEDULE)
     sched = build_scheduler(opt, SCHEDULE, len(loader))
+    shape = (loader_batch(loader), *loader_images(loader).shape[1:])
+    if isinstance(loader, StackedLoader):
+        shape = (members, *shape)
+    prepared = prepare_model(net, trainer or trainer_config(), accel, [(shape, True)])
 
     def run(epoch):
         loader.set_epoch(epoch)
-        train_one_epoch(net, loader, opt, sched, epoch=epoch, accel=accel)
-    return members * timed_epochs(run, device, len(loader) * loader_batch(loader))
+        train_one_epoch(prepared.module, loader, opt, sched, epoch=epoch, accel=accel)
+    rate = members * timed_epochs(run, device, len(loader) * loader_batch(loader))
+    return {"images_per_s": rate, "compiled": prepared.compiled, "compile_seconds": prepared.seconds,
+            "compile_error": prepared.error}
 
 
 def loader_batch(loader) -> int:
     return (loader.loaders[0] if isinstance(loader, StackedLoader) else loader).batch_size
 
 
+def loader_images(loader) -> torch.Tensor:
+    return (loader.loaders[0] if isinstance(loader, StackedLoader) else loader).images
+
+
 def bench_cifar(names: list[str], device: torch.device, n: int, batch: int, workers: int) -> list[dict]:
-    split = synthetic_cifar(n)
-    accel = Accel(device, resolve_amp("auto", device))
+    split = synthetic_images(n)
+    gpu = device.type == "cuda"
+    fp32, default = Accel(device), build_accel(trainer_config(), device)
+    fast_trainer = trainer_config("trainer=fast")
     rows = []
     for name in names:
-        a = train_baseline(name, split, batch, workers, device)
-        b = train_erasenet(lambda: model(name, device), tensor_loader(split, batch, device), accel, device)
+        row = {"model": name, "a_pil_fp32_eager": train_baseline(name, split, batch, workers, device)}
+        row["b32_erasenet_fp32"] = train_erasenet(lambda: model(name, device), tensor_loader(split, batch, device),
+                                                  fp32, device)["images_per_s"]
+        # on the CPU trainer.amp=auto is off: (b) would repeat (b32)
+        row["b_erasenet"] = train_erasenet(lambda: model(name, device), tensor_loader(split, batch, device),
+                                           default, device)["images_per_s"] if gpu else row["b32_erasenet_fp32"]
+        if gpu:  # compiling alone takes minutes on a CPU, where these nets are compute-bound anyway
+            fast = train_erasenet(lambda: model(name, device), tensor_loader(split, batch, device),
+                                  build_accel(fast_trainer, device), device, trainer=fast_trainer)
+            row["f_fast"], row["f_compile_seconds"] = fast["images_per_s"], fast["compile_seconds"]
+            row["f_compile_error"] = fast["compile_error"]
         base = tensor_loader(split, batch, device)
         stacked = StackedLoader([base] + [with_seed(base, s) for s in range(1, K)])
-        c = train_erasenet(lambda: StackedModels([model(name, device, s) for s in range(K)]), stacked, accel,
-                           device, members=K)
-        rows.append({"model": name, "a_pil_fp32_eager": a, "b_erasenet": b, f"c_{K}_concurrent": c,
-                     "b_over_a": b / a, "c_over_5b": c / b})
-        print_row(rows[-1])
+        row[f"c_{K}_concurrent"] = train_erasenet(lambda: StackedModels([model(name, device, s) for s in range(K)]),
+                                                  stacked, default, device, members=K)["images_per_s"]
+        row["b32_over_a"] = row["b32_erasenet_fp32"] / row["a_pil_fp32_eager"]
+        row["b_over_a"] = row["b_erasenet"] / row["a_pil_fp32_eager"]
+        row["b_over_b32"] = row["b_erasenet"] / row["b32_erasenet_fp32"]
+        if gpu:
+            row["f_over_a"] = row["f_fast"] / row["a_pil_fp32_eager"]
+        row["c_over_5b"] = row[f"c_{K}_concurrent"] / row["b_erasenet"]
+        rows.append(row)
+        print_cifar_row(row)
     return rows
 
 
@@ -173,69 +221,185 @@ def bench_quickstart(device: torch.device, repeats: int = 3) -> dict:
     from erasenet.data.digits import load_digits_splits
 
     train = load_digits_splits(180, 0).train
-    accel = Accel(device, resolve_amp("auto", device))
+    accel = build_accel(trainer_config(), device)
     mean, std = (0.3059,), (0.3765,)
 
     def digits(seed, batch=64):
         return TensorLoader(train, batch, device=device, train=True, crop_padding=1, mean=mean, std=std, seed=seed)
 
+    def rate(make_model, loader, members=1):
+        return train_erasenet(make_model, loader, accel, device, members=members)["images_per_s"]
+
     def one_after_another():
-        rates = [train_erasenet(lambda: model("resnet20", device, s, in_chans=1), digits(s), accel, device)
-                 for s in range(K)]
+        rates = [rate(lambda: model("resnet20", device, s, in_chans=1), digits(s)) for s in range(K)]
         return K / sum(1 / r for r in rates)  # images/s of the five runs back to back
 
     def stacked():
         base = digits(0)
-        return train_erasenet(lambda: StackedModels([model("resnet20", device, s, in_chans=1) for s in range(K)]),
-                              StackedLoader([base] + [with_seed(base, s) for s in range(1, K)]), accel, device,
-                              members=K)
+        return rate(lambda: StackedModels([model("resnet20", device, s, in_chans=1) for s in range(K)]),
+                    StackedLoader([base] + [with_seed(base, s) for s in range(1, K)]), members=K)
 
     # Alternated and the best of three kept, so that other load on a shared machine hits both sides alike.
     pairs = [(one_after_another(), stacked()) for _ in range(repeats)]
     seq, together = max(p[0] for p in pairs), max(p[1] for p in pairs)
     # The most any fusion of the five could reach here: one model taking all five batches at once.
-    ceiling = train_erasenet(lambda: model("resnet20", device, 0, in_chans=1), digits(0, 64 * K), accel, device)
+    ceiling = rate(lambda: model("resnet20", device, 0, in_chans=1), digits(0, 64 * K))
     return {"sequential_images_per_s": seq, "concurrent_images_per_s": together, "concurrent_ratio": together / seq,
             "pairs": pairs,
             "one_model_batch_320_images_per_s": ceiling, "ceiling_ratio": ceiling / seq}
 
 
-def bench_resnet50(device: torch.device, steps: int) -> dict:
-    from erasenet.models import list_models
+def bench_resnet50(device: torch.device, steps: int, batch: int = 256) -> list[dict]:
+    """ResNet-50 at 224 px: the bare model's step on one fixed batch, and erasenet's loop (a TensorLoader on the
+    GPU with flips, engine.train_one_epoch), each in bf16 + channels_last and in fp32 (TF32)."""
+    split = synthetic_images(batch * steps, size=224, classes=1000)
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    rows = []
+    for amp in ("auto", "off"):
+        accel = Accel(device, resolve_amp(amp, device), channels_last=amp == "auto")
+        precision = "fp32 (TF32)" if accel.amp_dtype is None else str(accel.amp_dtype).removeprefix("torch.")
+        for loop in ("bare model", "erasenet loop"):
+            net = model("resnet50", device, classes=1000)
+            if accel.channels_last:
+                net = net.to(memory_format=torch.channels_last)
+            opt = build_optimizer(net, SCHEDULE)
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(device)
+            if loop == "bare model":
+                x = torch.randn(batch, 3, 224, 224, device=device)
+                y = torch.randint(0, 1000, (batch,), device=device)
 
-    if "resnet50" in list_models():
-        net = create_model("resnet50", num_classes=1000, in_chans=3)
-    else:
-        import torchvision
+                def step():
+                    with accel.autocast():
+                        loss = F.cross_entropy(net(accel.inputs(x)), y)
+                    opt.zero_grad(set_to_none=True)
+                    accel.backward_and_step(loss, opt)
 
-        net = torchvision.models.resnet50()
-    net = net.to(device).to(memory_format=torch.channels_last)
-    accel = Accel(device, resolve_amp("auto", device), channels_last=True)
-    opt = build_optimizer(net, SCHEDULE)
-    x = torch.randn(256, 3, 224, 224, device=device)
-    y = torch.randint(0, 1000, (256,), device=device)
-    torch.cuda.reset_peak_memory_stats(device)
+                def run(epoch):
+                    for _ in range(steps):
+                        step()
+            else:
+                loader = TensorLoader(split, batch, device=device, train=True, flip=True, mean=mean, std=std,
+                                      drop_last=True)
+                sched = build_scheduler(opt, SCHEDULE, len(loader))
 
-    def step():
-        with accel.autocast():
-            loss = F.cross_entropy(net(accel.inputs(x)), y)
-        opt.zero_grad(set_to_none=True)
-        accel.backward_and_step(loss, opt)
-
-    for _ in range(3):
-        step()
-    sync(device)
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    sync(device)
-    return {"images_per_s": 256 * steps / (time.perf_counter() - start),
-            "peak_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30}
+                def run(epoch):
+                    loader.set_epoch(epoch)
+                    train_one_epoch(net, loader, opt, sched, epoch=epoch, accel=accel)
+            rate = timed_epochs(run, device, batch * steps)
+            rows.append({"loop": loop, "precision": precision, "channels_last": accel.channels_last,
+                         "images_per_s": rate, "peak_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30})
+            print(f"| {loop} | {precision} | {'on' if accel.channels_last else 'off'} | {rate:.0f} | "
+                  f"{rows[-1]['peak_memory_gib']:.1f} |", flush=True)
+            del net, opt
+    return rows
 
 
-def print_row(r: dict) -> None:
-    print(f"| {r['model']} | {r['a_pil_fp32_eager']:.0f} | {r['b_erasenet']:.0f} | {r[f'c_{K}_concurrent']:.0f} | "
-          f"{r['b_over_a']:.2f} | {r['c_over_5b']:.2f} |", flush=True)
+def count_step_ops(names: list[str], device: torch.device, batch: int = 8) -> list[dict]:
+    """The aten ops one training step dispatches (forward, loss, backward, SGD), fp32 and under bf16 autocast:
+    on a GPU, roughly the kernels it launches."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops += 1
+            return func(*args, **(kwargs or {}))
+
+    rows = []
+    for name in names:
+        for dtype in (None, torch.bfloat16):
+            net = model(name, device)
+            opt = build_optimizer(net, SCHEDULE)
+            accel = Accel(device, dtype)
+            x = torch.randn(batch, 3, 32, 32, device=device)
+            y = torch.randint(0, 10, (batch,), device=device)
+            counts = {}
+            for part in ("warm-up", "forward", "step"):
+                counter = Count()
+                with counter:
+                    with accel.autocast():
+                        loss = F.cross_entropy(net(x), y)
+                    if part != "forward":
+                        opt.zero_grad(set_to_none=True)
+                        accel.backward_and_step(loss, opt)
+                counts[part] = counter.ops
+            rows.append({"model": name, "amp": "bf16" if dtype else "off", "forward_ops": counts["forward"],
+                         "step_ops": counts["step"]})
+            print(f"| {name} | {rows[-1]['amp']} | {counts['forward']} | {counts['step']} |", flush=True)
+    return rows
+
+
+def write_photo_jpegs(folder: Path, n: int, width: int, height: int, seed: int = 0) -> list[Path]:
+    """``n`` JPEGs (quality 90) of smooth colour fields with mild noise: decoding costs about what a photo's does,
+    unlike pure noise, which JPEG cannot compress."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n):
+        coarse = Image.fromarray(rng.integers(0, 256, (max(2, height // 24), max(2, width // 24), 3), dtype=np.uint8))
+        pixels = np.asarray(coarse.resize((width, height), Image.BICUBIC), dtype=np.int16)
+        pixels = (pixels + rng.integers(-10, 11, pixels.shape, dtype=np.int16)).clip(0, 255).astype(np.uint8)
+        paths.append(folder / f"{width}x{height}_{i}.JPEG")
+        Image.fromarray(pixels).save(paths[-1], quality=90)
+    return paths
+
+
+FOLDER_CASES = (  # (width, height, train, image_size, resize_size)
+    (500, 375, True, 224, 256), (500, 375, False, 224, 256), (500, 375, True, 128, 146),
+    (1024, 768, True, 224, 256), (1024, 768, False, 224, 256),
+)
+
+
+def bench_folder(folder: Path, n: int, repeats: int = 2) -> list[dict]:
+    """Images/s of one loader worker (decode, crop, resize, flip: ``FolderDataset``'s work per image), decoding
+    at full size against at the reduced size the crop allows, alternated and the best of ``repeats`` kept.
+
+    Timed in CPU seconds of this process (one thread, as a worker runs): what a worker delivers with a core to
+    itself, also on a machine shared with other jobs, where wall-clock time would measure them too.
+    """
+    from erasenet.data.folder_loader import ImageTransform
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in a DataLoader worker
+    images = {}
+    rows = []
+    try:
+        for width, height, train, size, resize in FOLDER_CASES:
+            if (width, height) not in images:
+                images[width, height] = write_photo_jpegs(folder, n, width, height)
+            paths = images[width, height]
+            rates = {False: 0.0, True: 0.0}
+            for _ in range(repeats):
+                for reduced in (False, True):
+                    transform = ImageTransform(train, size, resize, flip=True, reduced_decode=reduced)
+                    torch.manual_seed(0)
+                    start = time.process_time()
+                    for path in paths:
+                        transform.load(path)
+                    rates[reduced] = max(rates[reduced], len(paths) / (time.process_time() - start))
+            rows.append({"image": f"{width}x{height}", "transform": f"{'train' if train else 'eval'} {size}"
+                         f"{'' if train else f' (resize {resize})'}", "full_decode_images_per_s": rates[False],
+                         "reduced_decode_images_per_s": rates[True], "ratio": rates[True] / rates[False]})
+            r = rows[-1]
+            print(f"| {r['image']} | {r['transform']} | {r['full_decode_images_per_s']:.0f} | "
+                  f"{r['reduced_decode_images_per_s']:.0f} | {r['ratio']:.2f} |", flush=True)
+    finally:
+        torch.set_num_threads(threads)
+    return rows
+
+
+def print_cifar_row(r: dict) -> None:
+    def fmt(key: str, spec: str = ".0f") -> str:
+        return format(r[key], spec) if key in r else "GPU only"
+    print(f"| {r['model']} | {fmt('a_pil_fp32_eager')} | {fmt('b32_erasenet_fp32')} | {fmt('b_erasenet')} | "
+          f"{fmt('f_fast')} | {fmt(f'c_{K}_concurrent')} | {fmt('b32_over_a', '.2f')} | {fmt('b_over_a', '.2f')} | "
+          f"{fmt('f_over_a', '.2f')} | {fmt('c_over_5b', '.2f')} |", flush=True)
 
 
 def main() -> int:
@@ -244,31 +408,43 @@ def main() -> int:
     p.add_argument("--quick", action="store_true", help="small sizes: ResNet-20 only, few steps (CI, CPU)")
     p.add_argument("--json", type=Path, help="write every measured figure to this file")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    p.add_argument("--workers", type=int, default=2, help="DataLoader workers of the PIL baseline")
+    p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
+                   help="DataLoader workers of the PIL baseline (default: 4, as typical CIFAR scripts use, or "
+                        "the CPU count if smaller)")
     args = p.parse_args()
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           "cpu" if args.device == "auto" else args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
+    apply_torch_settings(deterministic=False)  # what every run sets: cuDNN autotuning, TF32
     gpu = device.type == "cuda"
     if args.quick:
         names, n, batch = ["resnet20"], (4096 if gpu else 256), (128 if gpu else 64)
     else:
         names, n, batch = ["resnet20", "resnet56", "resnet110"], (25600 if gpu else 1024), 128
-    machine = torch.cuda.get_device_name(device) if gpu else f"{os.cpu_count()}-core CPU ({platform.processor() or platform.machine()})"
+    machine = (torch.cuda.get_device_name(device) if gpu else
+               f"{os.cpu_count()}-core CPU ({platform.processor() or platform.machine()})")
     out = {"machine": machine, "torch": torch.__version__, "threads": torch.get_num_threads(), "device": str(device),
            "quick": args.quick, "workers": args.workers, "batch": batch, "images_per_epoch": n,
-           "amp": str(resolve_amp("auto", device))}
+           "amp": str(resolve_amp("auto", device)), "cudnn_benchmark": torch.backends.cudnn.benchmark,
+           "tf32": torch.backends.cuda.matmul.allow_tf32}
     print(f"# erasenet bench on {machine}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"amp {out['amp']}", flush=True)
+          f"trainer.amp=auto is {out['amp']}, cudnn.benchmark {out['cudnn_benchmark']}, TF32 {out['tf32']}",
+          flush=True)
     start = time.perf_counter()
     out["loader"] = bench_loaders(device, 4096 if args.quick else 10240, 128, args.workers)
     print(f"\nloader, CIFAR-shaped, batch 128: PIL Dataset+DataLoader ({args.workers} workers) "
           f"{out['loader']['pil_images_per_s']:.0f} img/s, TensorLoader {out['loader']['tensor_images_per_s']:.0f}"
           f" img/s, ratio {out['loader']['loader_ratio']:.1f}x", flush=True)
-    print(f"\ntraining images/s, CIFAR-shaped, batch {batch}\n\n| model | (a) PIL, fp32, eager | (b) erasenet | "
-          f"(c) {K} seeds together | b/a | c/(5 sequential b) |\n|---|---|---|---|---|---|", flush=True)
+    print(f"\ntraining images/s, CIFAR-shaped, batch {batch}; (a) PIL + {args.workers} workers, fp32, eager; "
+          f"(b32) erasenet, amp off; (b) erasenet, trainer defaults; (f) trainer=fast; (c) {K} seeds together\n\n"
+          f"| model | (a) | (b32) | (b) | (f) | (c) | b32/a | b/a | f/a | c/(5 sequential b) |\n"
+          f"|---|---|---|---|---|---|---|---|---|---|", flush=True)
     out["cifar"] = bench_cifar(names, device, n, batch, args.workers)
+    if gpu:
+        for r in out["cifar"]:
+            print(f"{r['model']}: trainer=fast compiled in {r['f_compile_seconds']:.0f}s"
+                  + (f" (failed, eager: {r['f_compile_error']})" if r["f_compile_error"] else ""))
     out["quickstart"] = bench_quickstart(device)
     q = out["quickstart"]
     print(f"\nquickstart model (ResNet-20, 8x8 digits, batch 64): {K} sequential runs "
@@ -276,11 +452,18 @@ def main() -> int:
           f"ratio {q['concurrent_ratio']:.2f}x; one model at batch {64 * K} {q['one_model_batch_320_images_per_s']:.0f}"
           f" img/s ({q['ceiling_ratio']:.2f}x, the ceiling of any fusion)", flush=True)
     if gpu:
+        print("\nImageNet ResNet-50, batch 256, synthetic\n\n| loop | precision | channels_last | images/s | "
+              "peak memory (GiB) |\n|---|---|---|---|---|", flush=True)
         out["resnet50"] = bench_resnet50(device, 10 if args.quick else 30)
-        print(f"\nImageNet ResNet-50, batch 256, synthetic: {out['resnet50']['images_per_s']:.0f} img/s, peak memory "
-              f"{out['resnet50']['peak_memory_gib']:.1f} GiB")
     else:
         print("\nImageNet ResNet-50 at batch 256: skipped (GPU only)")
+    print("\naten ops of one training step (batch 8)\n\n| model | amp | forward | whole step |\n|---|---|---|---|",
+          flush=True)
+    out["step_ops"] = count_step_ops(["resnet20", "resnet110"], device)
+    print("\nImageNet folder loader, one worker (images per CPU second)\n\n| JPEG (quality 90) | transform | full decode | "
+          "reduced decode | ratio |\n|---|---|---|---|---|", flush=True)
+    with tempfile.TemporaryDirectory(prefix="erasenet-bench-") as tmp:
+        out["folder"] = bench_folder(Path(tmp), 24 if args.quick else 100)
     out["loader_ratio"] = out["loader"]["loader_ratio"]
     out["concurrent_ratio"] = q["concurrent_ratio"]
     out["seconds"] = time.perf_counter() - start
