@@ -26,6 +26,7 @@ from .engine import build_optimizer, build_scheduler
 from .erase import EraseRecord, ErasePolicy, apply_erase
 from .errors import UserError
 from .models import builder_options, create_model, list_models
+from .rectifiers import count_relus
 from .resume import TrainState
 
 if TYPE_CHECKING:
@@ -77,6 +78,15 @@ def count_macs(cfg: DictConfig) -> int | None:
         log.warning("could not count MACs on the meta device: %s", err)
         return None
     return counter.get_total_flops() // 2  # the counter reports 2 FLOPs per multiply-add
+
+
+def count_model_relus(model: nn.Module, image: tuple[int, int, int]) -> int | None:
+    """ReLU elements of one forward pass on one image (meta tensors stand in for the weights: no math)."""
+    try:
+        return count_relus(model, image)
+    except (RuntimeError, NotImplementedError) as err:  # an op without a meta kernel must not cost the run
+        log.warning("could not count ReLUs on the meta device: %s", err)
+        return None
 
 
 def progress_enabled(setting: str) -> bool:
@@ -141,6 +151,7 @@ class Run:
     sizes: dict[str, int]
     params: int
     macs: int | None
+    relus: int | None  # scalar ReLU/PReLU evaluations of one forward pass on one image
     accel: Accel  # autocast, memory format, loss scaling
     compiled: Compiled  # what compiling the model cost (or why it failed)
 
@@ -190,11 +201,12 @@ def build_run(cfgs: Sequence[DictConfig], out_dirs: Sequence[Path], dist: Dist, 
         compiled = compile_for_training(stack, cfg.trainer, dataclasses.replace(accel, channels_last=False),
                                         (len(members), schedule.batch_size, *image), dist)
     params = sum(p.numel() for p in members[0].model.parameters())
+    relus = count_model_relus(members[0].model, image)
     optimizer = build_optimizer(stack or members[0].model, schedule)
     scheduler = build_scheduler(optimizer, schedule, len(train_loader))
     run = Run(members=members, dist=dist, device=device, train_model=compiled.module, stack=stack,
               optimizer=optimizer, scheduler=scheduler, train_loader=train_loader, eval_loaders=eval_loaders,
-              sizes=sizes, params=params, macs=macs, accel=accel, compiled=compiled)
+              sizes=sizes, params=params, macs=macs, relus=relus, accel=accel, compiled=compiled)
     describe(run, schedule)
     return run
 

@@ -21,6 +21,7 @@ from omegaconf import DictConfig, open_dict
 from .config import check_config
 from .errors import UserError
 from .preemption import Interrupted
+from .records import override_key
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +31,7 @@ def plan_batches(job_overrides: Sequence[Sequence[str]], concurrent: Sequence[in
     that group's ``trainer.concurrent``."""
     groups: dict[tuple, list[int]] = {}
     for i, overrides in enumerate(job_overrides):
-        key = tuple(o for o in overrides if o.split("=", 1)[0].lstrip("+~") != "seed")
+        key = tuple(o for o in overrides if override_key(o) != "seed")
         groups.setdefault(key, []).append(i)
     batches = []
     for members in groups.values():

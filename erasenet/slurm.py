@@ -29,7 +29,10 @@ from hydra.core.utils import JobReturn, filter_overrides, setup_globals
 from omegaconf import OmegaConf
 from submitit.slurm.slurm import SlurmInfoWatcher, SlurmJob
 
+from .records import override_key, override_value, run_group
+
 log = logging.getLogger(__name__)
+
 
 def accounting_enabled() -> bool:
     """Whether this cluster keeps job accounting, so that ``sacct`` answers (AccountingStorageType is not none)."""
@@ -79,16 +82,10 @@ def run_dir(launcher: Any, overrides: Sequence[str]) -> Path:
     return Path(str(cfg.hydra.sweep.dir)) / str(cfg.hydra.sweep.subdir)
 
 
-def run_group(overrides: Sequence[str], excluded: Sequence[str]) -> str:
-    """A run's configuration group as its ``result.json`` records it: the overrides without seed and excluded keys."""
-    skip = set(excluded) | {"seed"}
-    return ",".join(sorted(o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in skip))
-
-
 def write_failure(launcher: Any, overrides: Sequence[str], reason: str, job_id: str) -> Path:
     """A ``result.json`` with ``status: failed`` and the reason in the job's run directory; its path."""
     directory = run_dir(launcher, overrides)
-    seeds = [o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0] == "seed"]
+    seeds = [override_value(o) for o in overrides if override_key(o) == "seed"]
     excluded = list(launcher.config.hydra.job.config.override_dirname.exclude_keys)
     record = {"status": "failed", "failure": reason, "seed": int(seeds[0]) if seeds else launcher.config.seed,
               "group": run_group(overrides, excluded), "overrides": list(overrides), "slurm_job": job_id}
