@@ -238,3 +238,19 @@ def test_stop_signals_hand_the_signal_to_the_earlier_handler():
         assert stop.received == signal.SIGINT
     finally:
         signal.signal(signal.SIGUSR1, before)
+
+
+def test_ctrl_c_stops_a_sweep_the_same_way_and_the_same_command_finishes_it(tmp_path):
+    sweep = ("-m", *QUICK, "schedule.epochs=6", "trainer.check_every=2", "seed=0,1")
+    victim = start(*sweep, cwd=tmp_path)
+    deadline = time.monotonic() + 240
+    while not list(tmp_path.rglob("epoch0001*.pt")) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    victim.send_signal(signal.SIGINT)
+    code, out = finish(victim)
+    assert code == 130 and "Traceback" not in out
+    assert len([line for line in out.splitlines() if "interrupted (SIGINT)" in line]) == 1
+    assert not list(tmp_path.rglob("result.json"))
+    code, out = finish(start(*sweep, cwd=tmp_path))
+    assert code == 0, out[-3000:]
+    assert len(list(tmp_path.rglob("result.json"))) == 2 and "resuming from" in out
