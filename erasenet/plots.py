@@ -20,7 +20,7 @@ from pathlib import Path
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, MaxNLocator
 
-from .records import family_of, finite, group_of, is_ok, mean_std, proportion_of, read_metrics
+from .records import family_of, finite, group_of, is_ok, mean_std, proportion_of, read_metrics, split_overrides
 
 STYLES = (("train", "-"), ("val", ":"), ("test", "--"))
 MANY_CONFIGS = 6  # above this, the overview panels draw test curves only, without bands
@@ -44,7 +44,9 @@ def describe(result: dict) -> str:
 
 def _caption(fig: Figure, text: str, common: str) -> None:
     width = int(fig.get_figwidth() * 12)  # characters of a 9-point title per inch
-    fig.suptitle("\n".join(textwrap.wrap(text + (f"; every run: {common}" if common else ""), width)), fontsize=9)
+    shared = ", ".join(split_overrides(common))  # a space after each item lets the lines break between items
+    fig.suptitle("\n".join(textwrap.wrap(text + (f"; every run: {shared}" if common else ""), width,
+                                          break_long_words=False)), fontsize=9)
 
 
 def _colour(i: int, n: int) -> str | tuple:
