@@ -80,7 +80,7 @@ class ScheduleConfig:
     warmup_iters: int = MISSING  # iterations trained at warmup_lr before the schedule starts
     warmup_lr: float = MISSING
     warmup: str = MISSING  # constant (He et al.) | linear (from warmup_lr up to lr)
-    decay: str = MISSING  # step: lr *= gamma at each milestone | cosine: from lr down to 0 over the epochs after warm-up
+    decay: str = "step"  # step: lr *= gamma at each milestone | cosine: from lr down to 0 over the epochs after warm-up
 
 
 @dataclass

@@ -254,7 +254,7 @@ def test_other_activation_classes_can_be_named():
 # --- weights, configs, missing timm ------------------------------------------------------------------------------
 
 def test_local_weights_load_strictly_before_erasing(tmp_path, make_cfg, caplog):
-    from erasenet.run import build_model
+    from erasenet.build import build_model
 
     torch.manual_seed(1)
     source = create_model("torchvision", num_classes=10, in_chans=1, arch="resnet18")
@@ -289,7 +289,7 @@ def test_external_configs_name_every_builder_option():
 
 
 def test_without_timm_the_error_says_how_to_install_it(monkeypatch, make_cfg):
-    from erasenet.run import build_model
+    from erasenet.build import build_model
 
     monkeypatch.setitem(sys.modules, "timm", None)  # what an environment without timm gives on import
     with pytest.raises(UserError, match=r"pip install 'erasenet\[timm\]'"):
