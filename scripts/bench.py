@@ -291,7 +291,7 @@ def bench_resnet50(device: torch.device, steps: int, batch: int = 256) -> list[d
                          "images_per_s": rate, "peak_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30})
             print(f"| {loop} | {precision} | {'on' if accel.channels_last else 'off'} | {rate:.0f} | "
                   f"{rows[-1]['peak_memory_gib']:.1f} |", flush=True)
-            del net, opt
+            net = opt = None  # free the model before the next one is built
     return rows
 
 
