@@ -1,6 +1,5 @@
-"""MNIST, SVHN and ImageFolder datasets from files in their real formats: readers, splits, loaders, errors, training."""
+"""ImageFolder (ImageNet-style) trees: nested subsets, splits, the folder loader, errors, training, saved indexes."""
 
-import gzip
 import json
 from collections import Counter
 
@@ -9,104 +8,17 @@ import pytest
 import torch
 
 from conftest import run_cli
-from dataset_formats import write_image_folder, write_mnist, write_svhn
+from dataset_formats import write_image_folder
 from erasenet.config import check_config
-from erasenet.data import build_loaders, load_splits
+from erasenet.data import build_loaders
 from erasenet.data.imagefolder import build_folder_splits, nested_subset, read_index
 from erasenet.errors import UserError
 from erasenet.run import train_run
 
 
-def _rows(images: torch.Tensor) -> set:
-    return {bytes(x.numpy()) for x in images}
-
-
 def _folder_cfg(make_cfg, path, *extra, dataset="imagenet"):
     return make_cfg(f"dataset={dataset}", f"dataset.path={path}", "dataset.num_classes=3", "dataset.val_size=6",
                     "dataset.image_size=32", "dataset.resize_size=36", "dataset.workers=0", *extra)
-
-
-@pytest.mark.parametrize("gz", [False, True])
-def test_mnist_reader(tmp_path, make_cfg, gz):
-    arrays = write_mnist(tmp_path, n_train=100, n_test=30, gz=gz)
-    cfg = make_cfg("dataset=mnist", f"dataset.root={tmp_path}", "dataset.val_size=20", "dataset.download=false")
-    splits = load_splits(cfg.dataset)
-    assert (len(splits.train), len(splits.val), len(splits.test)) == (80, 20, 30)
-    assert splits.train.images.dtype == torch.uint8 and splits.train.images.shape[1:] == (1, 28, 28)
-    assert splits.train.labels.dtype == torch.int64 and set(splits.train.labels.tolist()) == set(range(10))
-    assert torch.bincount(splits.val.labels, minlength=10).tolist() == [2] * 10  # stratified
-    assert torch.equal(splits.test.images[:, 0], torch.from_numpy(arrays["t10k-images-idx3-ubyte"]))
-    assert torch.equal(splits.test.labels, torch.from_numpy(arrays["t10k-labels-idx1-ubyte"]).long())
-    train, val, test = _rows(splits.train.images), _rows(splits.val.images), _rows(splits.test.images)
-    assert not train & val and not train & test and not val & test
-
-
-def test_mnist_loader_normalises_with_the_config(tmp_path, make_cfg):
-    write_mnist(tmp_path, n_train=60, n_test=20)
-    cfg = make_cfg("dataset=mnist", f"dataset.root={tmp_path}", "dataset.val_size=10", "schedule.eval_batch_size=8")
-    splits = load_splits(cfg.dataset)
-    _, evals, sizes = build_loaders(cfg.dataset, cfg.schedule, device="cpu", seed=0)
-    assert sizes == {"train": 50, "val": 10, "test": 20}
-    x, y = next(iter(evals["test"]))
-    assert x.dtype == torch.float32 and x.shape == (8, 1, 28, 28)
-    expected = (splits.test.images[:8].float() / 255 - 0.1307) / 0.3081
-    assert torch.allclose(x, expected, atol=1e-5) and torch.equal(y, splits.test.labels[:8])
-
-
-def test_svhn_reader_layout_labels_and_plain_scaling(tmp_path, make_cfg):
-    mats = write_svhn(tmp_path, n_train=100, n_test=30)
-    cfg = make_cfg("dataset=svhn", f"dataset.root={tmp_path}", "dataset.val_size=20", "dataset.download=false",
-                   "schedule.batch_size=100")
-    splits = load_splits(cfg.dataset)
-    assert (len(splits.train), len(splits.val), len(splits.test)) == (80, 20, 30)
-    assert splits.test.images.shape == (30, 3, 32, 32) and splits.test.images.dtype == torch.uint8
-    # pixel (row h, column w, channel c) of image i is X[h, w, c, i]; label 10 is the digit 0
-    x_test = mats["test"]["X"]
-    assert int(splits.test.images[7, 2, 5, 9]) == int(x_test[5, 9, 2, 7])
-    assert torch.equal(splits.test.images, torch.from_numpy(x_test.transpose(3, 2, 0, 1).copy()))
-    assert splits.test.labels.tolist() == [(i + 1) % 10 for i in range(30)]
-    assert int(splits.train.labels.min()) == 0 and int(splits.train.labels.max()) == 9
-    assert not _rows(splits.train.images) & _rows(splits.val.images)
-    # pixel values divided by 255, nothing else: no mean/std, no crop, no flip, even in training
-    train, _, _ = build_loaders(cfg.dataset, cfg.schedule, device="cpu", seed=0)
-    x, y = next(iter(train))
-    assert len(x) == 80 and float(x.min()) >= 0.0 and float(x.max()) <= 1.0
-    assert _rows((x * 255).round().to(torch.uint8)) == _rows(splits.train.images)
-
-
-@pytest.mark.parametrize("dataset,writer,missing", [
-    ("mnist", write_mnist, "train-images-idx3-ubyte"),
-    ("svhn", write_svhn, "test_32x32.mat"),
-])
-def test_missing_files_are_named(tmp_path, make_cfg, dataset, writer, missing):
-    writer(tmp_path)
-    victim = next(p for p in tmp_path.rglob(f"{missing}*"))
-    victim.unlink()
-    cfg = make_cfg(f"dataset={dataset}", f"dataset.root={tmp_path}", "dataset.download=false")
-    with pytest.raises(UserError) as err:
-        load_splits(cfg.dataset)
-    message = str(err.value)
-    assert missing in message and str(victim.parent) in message and "\n" not in message
-
-
-@pytest.mark.parametrize("dataset,corrupt", [
-    ("mnist", lambda root: (root / "MNIST/raw/train-images-idx3-ubyte.gz").write_bytes(
-        gzip.compress(b"\x00\x00\x08\x03" + b"\x00" * 40))),  # header promises more than the file holds
-    ("mnist", lambda root: (root / "MNIST/raw/t10k-labels-idx1-ubyte.gz").write_bytes(b"not gzip at all")),
-    ("svhn", lambda root: (root / "svhn/train_32x32.mat").write_bytes(b"MATLAB 5.0 truncated")),
-])
-def test_corrupt_files_are_named_and_kept(tmp_path, make_cfg, dataset, corrupt):
-    if dataset == "mnist":
-        write_mnist(tmp_path, gz=True)
-    else:
-        write_svhn(tmp_path)
-    corrupt(tmp_path)
-    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
-    cfg = make_cfg(f"dataset={dataset}", f"dataset.root={tmp_path}", "dataset.download=false", "dataset.val_size=10")
-    with pytest.raises(UserError, match="is unreadable or not a") as err:
-        load_splits(cfg.dataset)
-    assert any(str(tmp_path / p) in str(err.value) for p in before)
-    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before  # nothing deleted
 
 
 def test_nested_subsets_are_nested_stratified_and_deterministic():
@@ -208,20 +120,6 @@ def test_missing_imagenet_on_the_command_line(tmp_path):
     proc = run_cli("dataset=imagenet", f"dataset.root={tmp_path}", cwd=tmp_path, timeout=120)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr + proc.stdout
     assert f"{tmp_path}/imagenet" in proc.stderr and "image-net.org" in proc.stderr
-
-
-def test_mnist_format_training(tmp_path, make_cfg):
-    write_mnist(tmp_path / "data", n_train=120, n_test=40, gz=True)
-    cfg = make_cfg("dataset=mnist", f"dataset.root={tmp_path / 'data'}", "dataset.val_size=20", "model=mlp",
-                   "model.depth=2", "model.width=32", "schedule=quick", "schedule.epochs=2", "schedule.batch_size=25",
-                   "trainer.tensorboard=false", "trainer.checkpoint=false")
-    result = train_run(cfg, tmp_path / "run")
-    assert result["status"] == "ok" and result["splits"] == {"train": 100, "val": 20, "test": 40}
-    assert result["split_sources"]["test"] == "the official test set"
-    assert "20 images held out of the training set" in result["split_sources"]["val"]
-    assert result["best_epoch"] in (1, 2) and result["epochs"] == 2
-    wrong = result["test_error"] / 100 * 40  # an error over the 40 test images is a whole count of them
-    assert wrong == pytest.approx(round(wrong), abs=1e-9) and 0 <= round(wrong) <= 40
 
 
 def test_image_folder_training_saves_a_reusable_index(tmp_path, make_cfg):
