@@ -129,6 +129,7 @@ def test_tensorboard_tags_hparams_and_macs_of_a_real_run(tmp_path, make_cfg):
     cfg = make_cfg("dataset=digits", "schedule=quick", "schedule.epochs=1", "trainer.checkpoint=false", *overrides)
     result = train_run(cfg, tmp_path, overrides=overrides, group="erase.proportion=0.5,model=mlp")
     assert result["macs"] == 64 * 256 + 2 * 256 * 256 + 256 * 10  # the MLP's three hidden layers and its head
+    assert result["relus"] == 256  # p=0.5 erases blocks 1 and 3 of 3: one hidden layer of 256 keeps its ReLU
     events = EventAccumulator(str(tmp_path / "tb"))
     events.Reload()
     assert {"error/train", "error/val", "error/test", "loss/train", "loss/val", "loss/test", "lr",

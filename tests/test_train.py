@@ -78,7 +78,13 @@ def test_multirun_summary_matches_the_runs(tmp_path):
     assert "± " in (sweep / "summary.md").read_text()
     assert "summary.md" in proc.stdout
     assert {r["macs"] for r in results} == {2_516_608}  # ResNet-20's convolutions and head on 8x8 digits
-    for plot in ("curves.png", "proportion.png"):
+    # ReLU elements on 8x8 inputs: a sixteenth of the 32x32 counts (188,416 unerased, 102,400 with every block's
+    # last ReLU erased), since every stage's feature maps are a quarter as wide and high
+    assert {r["erase"]["proportion"]: r["relus"] for r in results} == {0.0: 11_776, 1.0: 6_400}
+    for r in results:
+        assert r["provenance"]["command"].startswith("python -m erasenet.train -m ")
+        assert r["provenance"]["erasenet"] == r["versions"]["erasenet"] and r["num_threads"] >= 1
+    for plot in ("curves.png", "proportion.png", "pareto.png"):
         assert (sweep / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     from erasenet.select import select
 
