@@ -39,6 +39,7 @@ class EraseConfig:
     location: str = MISSING  # last | first | all | a 1-based site index within each block
     proportion: float = MISSING  # fraction of blocks erased, evenly spread from the first block
     replace: str = MISSING  # identity (erase) | prelu
+    fixed_sites: bool = False  # also change the ReLUs outside every block (a stem's, a pre-activation head's)
 
 
 @dataclass

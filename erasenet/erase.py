@@ -15,7 +15,7 @@ from typing import Sequence
 import torch.nn as nn
 
 from . import graph_sites
-from .models.base import iter_blocks
+from .models.base import declared_sites, fixed_sites, iter_blocks
 
 # What an erased site becomes: nothing (EraseReLU), or a learned slope (PReLU, one per site, 0.25 at start).
 REPLACEMENTS: dict[str, type[nn.Module]] = {"identity": nn.Identity, "prelu": nn.PReLU}
@@ -28,6 +28,7 @@ class ErasePolicy:
     location: str = "last"
     proportion: float = 0.0
     replace: str = "identity"
+    fixed_sites: bool = False  # also change the rectifiers outside every block (a stem's, a pre-activation head's)
 
 
 @dataclass
@@ -41,7 +42,7 @@ class EraseRecord:
 
     def as_dict(self) -> dict:
         return {"location": self.policy.location, "proportion": self.policy.proportion,
-                "replace": self.policy.replace, "num_blocks": self.num_blocks,
+                "replace": self.policy.replace, "fixed_sites": self.policy.fixed_sites, "num_blocks": self.num_blocks,
                 "blocks": self.blocks, "sites": self.sites}
 
     def summary(self) -> str:
@@ -116,6 +117,8 @@ def _plan_declared(model: nn.Module, policy: ErasePolicy) -> EraseRecord:
         chosen = _pick(name, block.sites, list(block.sites), block.ends_with_site, policy.location, hint)
         record.sites += [f"{name}.{s}" for s in chosen]
         record.blocks.append(index)
+    if policy.fixed_sites:
+        record.sites = [s for s in declared_sites(model) if s in set(record.sites) | set(fixed_sites(model))]
     return record
 
 
@@ -128,6 +131,9 @@ def _plan_found(found: graph_sites.GraphSites, policy: ErasePolicy) -> tuple[Era
         chosen += picked
         record.sites += [s.name for s in picked]
         record.blocks.append(index)
+    if policy.fixed_sites:
+        chosen += found.fixed
+        record.sites += [s.name for s in found.fixed]
     return record, chosen
 
 

@@ -112,3 +112,21 @@ def test_describe_an_architecture_without_training(capsys):
     assert main(["--arch", "resnet20", "--erase", "first", "--proportion", "0.5", "--input", "3x32x32"]) == 0
     out = capsys.readouterr().out
     assert "block 1  layer1.0: [layer1.0.act1], layer1.0.act_out" in out and "per 3x32x32 image: 188,416" in out
+
+
+def test_fixed_sites_turn_every_relu_layer_into_a_prelu(make_cfg):
+    from erasenet.build import build_model
+    from erasenet.rectifiers import rectifier_calls
+
+    blocks_only = create_model("resnet20")
+    record = apply_erase(blocks_only, ErasePolicy("all", 1.0, "prelu"))
+    assert "stem.act" not in record.sites and len(record.sites) == 18
+    assert isinstance(blocks_only.stem.act, nn.ReLU)
+    every = create_model("resnet20")
+    record = apply_erase(every, ErasePolicy("all", 1.0, "prelu", fixed_sites=True))
+    assert record.sites[0] == "stem.act" and len(record.sites) == 19  # the stem's ReLU first, in forward order
+    assert isinstance(every.stem.act, nn.PReLU)
+    assert {c.op for c in rectifier_calls(every, (3, 32, 32))} == {"prelu"}  # no ReLU runs at all
+    cfg = make_cfg("experiment=dong2017/t1_resnet20_prelu_all", "erase.fixed_sites=true")
+    model, erased = build_model(cfg)
+    assert erased.as_dict()["fixed_sites"] and isinstance(model.stem.act, nn.PReLU)
