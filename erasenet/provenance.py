@@ -31,9 +31,12 @@ def git_state(directory: Path = PACKAGE_DIR) -> dict:
     return {"commit": git("rev-parse", "HEAD"), "dirty": None if status is None else bool(status)}
 
 
-def provenance(argv: list[str] | None = None) -> dict:
-    """The record stored in result.json under ``provenance``."""
-    argv = sys.argv if argv is None else argv
-    command = " ".join(["python -m erasenet.train" if argv and argv[0].endswith("train.py") else argv[0], *argv[1:]]
-                       ) if argv else None
-    return {"erasenet": __version__, "command": command, "argv": list(argv), **git_state()}
+def provenance(overrides: list[str] | None = None) -> dict:
+    """The record stored in result.json under ``provenance``: ``command`` is the command line that trains this run
+    alone (the run's own overrides, whichever launcher or sweep started it); without ``overrides``, this process's."""
+    if overrides is None:
+        argv = sys.argv
+        command = " ".join(["python -m erasenet.train" if argv[0].endswith("train.py") else argv[0], *argv[1:]])
+    else:
+        command = " ".join(["python -m erasenet.train", *overrides])
+    return {"erasenet": __version__, "command": command, **git_state()}

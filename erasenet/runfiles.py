@@ -112,7 +112,7 @@ def make_result(run: Run, member: Member, status: str, failure: str | None, seco
         "relus": run.relus,
         "erased": member.erased.sites, "erase": member.erased.as_dict(), "device": str(run.device),
         "num_threads": torch.get_num_threads(), "processes": run.dist.world_size, "seconds": seconds, "versions": library_versions(),
-        "provenance": provenance(),
+        "provenance": provenance(list(member.overrides)),
         "config": member.config, "accel": accel_record(run.accel, run.compiled),
         "paper": OmegaConf.to_container(cfg.paper) if cfg.paper.test_error is not None else None,
     }

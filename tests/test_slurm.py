@@ -87,6 +87,9 @@ def job_state(job: str) -> str:
 def release_requeued(job: str) -> None:
     """Let a requeued job start now: Slurm holds a requeued batch job for about two minutes (its BeginTime)."""
     wait_for(lambda: job_state(job) == "PENDING", f"job {job} to be requeued", every=0.2)
+    # Released while its previous batch script is still exiting, the job would be ended by that script's exit
+    # status; the one node turns idle only once it has gone.
+    wait_for(lambda: slurm("sinfo", "-h", "-o", "%T").strip() == "idle", "the previous run of the job to end", every=0.2)
     slurm("scontrol", "update", f"jobid={job}", "StartTime=now")
 
 
@@ -182,7 +185,7 @@ def test_a_preempted_job_checkpoints_is_requeued_and_resumes_exactly(tmp_path):
 
     # what happened, as the run's log and Slurm tell it
     log = (run_dir / "train.log").read_text()
-    assert "stopped on SIGUSR2: a checkpoint was written" in log and "stopped on SIGTERM" in log
+    assert "interrupted (SIGUSR2)" in log and "interrupted (SIGTERM)" in log
     resumed = re.findall(r"resuming from \S+ \(epoch (\d+), step (\d+)\)", log)
     assert [epoch for epoch, _ in resumed] == ["1", "2"] and all(int(step) > 0 for _, step in resumed)  # mid-epoch
     job_log = job_logs(root, job)
@@ -234,4 +237,6 @@ def test_a_failed_job_is_reported_and_the_sweep_is_not_clean(tmp_path):
     assert ok["status"] == "ok" and failed["status"] == "failed"
     assert failed["failure"].startswith("cannot hold out dataset.val_size=2000 of 1437 training images")
     rows = {row["config"]: row for row in summary_rows(root)}
-    assert [(row["n"], row["failed"]) for name, row in sorted(rows.items())] == [("1", "0"), ("0", "1")]
+    assert sorted((row["n"], row["failed"], "val_size=2000" in name) for name, row in rows.items()) == [
+        ("0", "1", True), ("1", "0", False)]
+    assert "cannot hold out dataset.val_size=2000" in (root / "summary.md").read_text()  # the reason, not a count
