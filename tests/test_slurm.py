@@ -90,6 +90,9 @@ def release_requeued(job: str) -> None:
     # Released while its previous batch script is still exiting, the job would be ended by that script's exit
     # status; the one node turns idle only once it has gone.
     wait_for(lambda: slurm("sinfo", "-h", "-o", "%T").strip() == "idle", "the previous run of the job to end", every=0.2)
+    # slurmd revokes the requeued run's credential, to the second: a start in that same second is refused
+    # ("Job credential revoked") and ends the job
+    time.sleep(2)
     slurm("scontrol", "update", f"jobid={job}", "StartTime=now")
 
 
@@ -190,6 +193,8 @@ def test_a_preempted_job_checkpoints_is_requeued_and_resumes_exactly(tmp_path):
     assert [epoch for epoch, _ in resumed] == ["1", "2"] and all(int(step) > 0 for _, step in resumed)  # mid-epoch
     job_log = job_logs(root, job)
     assert "this job is preempted" in job_log and f"Requeued job {job}" in job_log
+    # Slurm marks the job completed once its batch script has exited, which can lag the sweep's end
+    wait_for(lambda: job_state(job) != "RUNNING", f"job {job} to end", timeout=120, every=0.5)
     assert job_state(job) == "COMPLETED" and "Restarts=2" in slurm("scontrol", "show", "job", job)
 
 
