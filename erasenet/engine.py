@@ -32,14 +32,15 @@ def lr_factor(schedule: DictConfig, steps_per_epoch: int) -> Callable[[int], flo
     (or, with ``decay: cosine``, a half cosine from 1 down to 0 at the last step)."""
     milestones = [m * steps_per_epoch for m in schedule.milestones]
     warmup_start = schedule.warmup_lr / schedule.lr
-    cosine_steps = max(1, schedule.epochs * steps_per_epoch - schedule.warmup_iters)
+    cosine = schedule.get("decay", "step") == "cosine"
+    cosine_steps = max(1, schedule.epochs * steps_per_epoch - schedule.warmup_iters) if cosine else 1
 
     def factor(step: int) -> float:
         if step < schedule.warmup_iters:
             if schedule.warmup == "linear":
                 return warmup_start + (1.0 - warmup_start) * step / schedule.warmup_iters
             return warmup_start
-        if schedule.get("decay", "step") == "cosine":
+        if cosine:
             return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - schedule.warmup_iters) / cosine_steps)))
         return schedule.gamma ** sum(step >= m for m in milestones)
 

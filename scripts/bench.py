@@ -47,7 +47,8 @@ from erasenet.models import create_model
 
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 SCHEDULE = OmegaConf.create({"lr": 0.1, "momentum": 0.9, "nesterov": False, "weight_decay": 1e-4, "milestones": [],
-                             "gamma": 0.1, "warmup_iters": 0, "warmup_lr": 0.01, "warmup": "constant"})
+                             "gamma": 0.1, "warmup_iters": 0, "warmup_lr": 0.01, "warmup": "constant",
+                             "decay": "step"})
 K = 5
 
 

@@ -293,3 +293,17 @@ def test_bench_measures_the_folder_loader_on_real_jpegs(tmp_path):
         ("1024x768", "train 224"), ("1024x768", "eval 224 (resize 256)")]
     assert all(r["full_decode_images_per_s"] > 0 and r["reduced_decode_images_per_s"] > 0 for r in rows)
     assert len(list(tmp_path.glob("*.JPEG"))) == 4
+
+
+def test_bench_quick_runs_end_to_end_on_the_cpu(tmp_path):
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, str(repo / "scripts" / "bench.py"), "--device", "cpu", "--quick", "--json",
+                           str(tmp_path / "bench.json")], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "| resnet20 |" in proc.stdout and (tmp_path / "bench.json").is_file()
+    json.loads((tmp_path / "bench.json").read_text())
