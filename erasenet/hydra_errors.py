@@ -38,21 +38,15 @@ def did_you_mean(word: str, choices: Iterable[str], prefix: str = "") -> str:
     return " Did you mean " + (f"{', '.join(names[:-1])} or {names[-1]}" if len(names) > 1 else names[0]) + "?"
 
 
+# What a config node of each type accepts, in words, with an example (first match wins).
+_EXPECTED = ((BooleanNode, "true or false"), (IntegerNode, "an integer, e.g. 3"), (FloatNode, "a number, e.g. 0.5"),
+             (ListConfig, "a list in brackets, e.g. [1,2] (or [] for none)"),
+             (DictConfig, "a group of keys (set them one by one, e.g. key.sub=value)"), (StringNode, "a string"))
+
+
 def _expected(node: Any) -> str:
     """What a config node accepts, in words, with an example."""
-    if isinstance(node, BooleanNode):
-        return "true or false"
-    if isinstance(node, IntegerNode):
-        return "an integer, e.g. 3"
-    if isinstance(node, FloatNode):
-        return "a number, e.g. 0.5"
-    if isinstance(node, ListConfig):
-        return "a list in brackets, e.g. [1,2] (or [] for none)"
-    if isinstance(node, DictConfig):
-        return "a group of keys (set them one by one, e.g. key.sub=value)"
-    if isinstance(node, StringNode):
-        return "a string"
-    return "a value of another type"
+    return next((words for kind, words in _EXPECTED if isinstance(node, kind)), "a value of another type")
 
 
 def _unknown_option(err: MissingConfigException) -> str:
