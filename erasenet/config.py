@@ -63,6 +63,9 @@ class DatasetConfig:
     workers: int = 8  # DataLoader worker processes
     index: str = ""  # a data_index/ folder an earlier run wrote: reuse its exact splits instead of drawing them
     top5: bool = False  # also count top-5 errors in evaluation (on for ImageNet); ignored below 10 classes
+    # fb.resnet.torch's colour augmentation of training images (ImageFolder datasets; 0 turns a part off):
+    color_jitter: float = 0.0  # brightness, contrast and saturation factors from 1 +- this, in random order (0.4)
+    lighting: float = 0.0  # std of AlexNet's PCA lighting noise (0.1)
 
 
 @dataclass
@@ -225,6 +228,13 @@ def check_config(cfg: DictConfig) -> None:
     if (d.subset < 1.0 or d.index) and not folder:
         _fail(f"dataset.subset and dataset.index apply to ImageFolder datasets, not dataset={d.name}.",
               f"Use them with one of {', '.join(IMAGE_FOLDER_DATASETS)}, or leave them at 1.0 and empty.")
+    if not (0.0 <= d.color_jitter <= 1.0 and d.lighting >= 0.0):
+        _fail(f"dataset.color_jitter={d.color_jitter}, dataset.lighting={d.lighting}.",
+              "color_jitter must lie in [0, 1] (fb.resnet.torch uses 0.4) and lighting must be >= 0 (it uses 0.1); "
+              "0 turns either off.")
+    if (d.color_jitter or d.lighting) and not folder:
+        _fail(f"dataset.color_jitter and dataset.lighting apply to ImageFolder datasets, not dataset={d.name}.",
+              f"Use them with one of {', '.join(IMAGE_FOLDER_DATASETS)}, or leave both at 0.")
     if folder and not d.path:
         _fail("dataset.path is empty.", "Point it at the ImageFolder tree (train/ and val/), e.g. dataset.path="
               "/data/imagenet.")

@@ -164,11 +164,13 @@ def test_imagenet_top1_top5_seeds_and_recipes(composed):
         cfg = composed[f"dong2017/{name}"]
         assert (cfg.paper.test_error, cfg.paper.test_top5_error) == (top1, top5), name
         assert cfg.dataset.top5
-        if name.startswith("t4_"):  # fb.resnet.torch: 90 epochs, Nesterov
+        colour = (cfg.dataset.color_jitter, cfg.dataset.lighting)
+        if name.startswith("t4_"):  # fb.resnet.torch: 90 epochs, Nesterov, colour jitter and lighting noise
             assert (cfg.schedule.epochs, cfg.schedule.nesterov, cfg.dataset.name) == (90, True, "imagenet"), name
-        else:
+            assert colour == (0.4, 0.1), name
+        else:  # the PyTorch example code: 120 epochs, crop and flip only
             percent = int(re.search(r"imagenet(\d+)", name).group(1))
-            assert (cfg.schedule.epochs, cfg.dataset.subset) == (120, percent / 100), name
+            assert (cfg.schedule.epochs, cfg.dataset.subset, colour) == (120, percent / 100, (0.0, 0.0)), name
 
 
 def _seeds(cfg) -> list[str]:

@@ -78,6 +78,7 @@ def build_loaders(dataset: DictConfig, schedule: DictConfig, *, device, seed: in
 
 def _build_folder_loaders(dataset: DictConfig, schedule: DictConfig, *, device, seed: int, rank: int,
                           world_size: int, out_dir: Optional[Path], progress: bool):
+    from .color import color_augment
     from .folder_loader import FolderDataset, FolderLoader, folder_transform
     from .imagefolder import build_folder_splits, read_index, write_index
 
@@ -94,7 +95,8 @@ def _build_folder_loaders(dataset: DictConfig, schedule: DictConfig, *, device, 
     size, resize = dataset.image_size, dataset.resize_size or dataset.image_size
 
     def files(split, train: bool) -> FolderDataset:
-        return FolderDataset(split, folder_transform(train, size, resize, dataset.flip))
+        color = color_augment(dataset.color_jitter, dataset.lighting) if train else None
+        return FolderDataset(split, folder_transform(train, size, resize, dataset.flip), color)
 
     train = FolderLoader(files(splits.train, True), schedule.batch_size, train=True, seed=seed, **common)
     evals = {name: FolderLoader(files(split, False), schedule.eval_batch_size, **common) if split else None

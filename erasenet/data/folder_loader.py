@@ -1,9 +1,10 @@
 """A ``DataLoader`` over image files with the interface of :class:`~erasenet.data.loader.TensorLoader`.
 
 Worker processes decode (PIL, at a reduced size where the crop allows) and crop each image to uint8; the main
-process copies whole batches to the training device (pinned, non-blocking) and normalises them there. The epoch's order comes from ``(seed, epoch)`` as in the
-tensor loader, and each image's augmentation from a seed drawn per ``(seed, epoch, image)``, so the batches are
-the same whatever the number of workers or ranks, and a run can resume at any epoch.
+process copies whole batches to the training device (pinned, non-blocking), applies the optional colour
+augmentation (:mod:`erasenet.data.color`) and normalises them there. The epoch's order comes from ``(seed, epoch)``
+as in the tensor loader, and each image's augmentation from a seed drawn per ``(seed, epoch, image)``, so the
+batches are the same whatever the number of workers or ranks, and a run can resume at any epoch.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..errors import UserError
+from .color import ColorAugment
 from .files import unreadable
 from .imagefolder import FileList
 from .loader import epoch_generator, epoch_order, normaliser, shard_positions, shard_size
@@ -114,20 +116,24 @@ def read_rgb(path: Path) -> torch.Tensor:
 
 
 class FolderDataset(Dataset):
-    """Items are ``(index, augmentation seed)`` pairs; each gives a uint8 3 x S x S image and its label."""
+    """Items are ``(index, augmentation seed)`` pairs; each gives a uint8 3 x S x S image and its label, and with
+    ``color`` the image's colour-augmentation parameters as well."""
 
-    def __init__(self, files: FileList, transform: ImageTransform):
-        self.files, self.transform = files, transform
+    def __init__(self, files: FileList, transform: ImageTransform, color: ColorAugment | None = None):
+        self.files, self.transform, self.color = files, transform, color
 
     def __len__(self) -> int:
         return len(self.files)
 
-    def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, item: tuple[int, int]) -> tuple:
         index, seed = item
         path = self.files.root / self.files.paths[index].decode()
-        with torch.random.fork_rng(devices=[]):  # the crop and flip draw from torch's global generator
+        with torch.random.fork_rng(devices=[]):  # the crop, flip and colour draw from torch's global generator
             torch.manual_seed(seed)
-            return self.transform.load(path), int(self.files.labels[index])
+            image = self.transform.load(path)
+            if self.color is None:
+                return image, int(self.files.labels[index])
+            return image, int(self.files.labels[index]), self.color.draw()
 
 
 class EpochSampler(Sampler):
@@ -165,6 +171,7 @@ class FolderLoader:
                                  pin_memory=self.device.type == "cuda", persistent_workers=workers > 0,
                                  drop_last=drop_last, prefetch_factor=4 if workers else None)
         self.scale, self.shift = normaliser(mean, std, 3, self.device)
+        self.color = dataset.color
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         """Select the order and augmentation of ``epoch`` (0-based), starting at batch ``start_batch``."""
@@ -175,8 +182,10 @@ class FolderLoader:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         try:
-            for x, y in self.loader:
-                x = x.to(self.device, non_blocking=True)
-                yield x.float() * self.scale + self.shift, y.to(self.device, non_blocking=True)
+            for x, y, *color in self.loader:
+                x = x.to(self.device, non_blocking=True).float()
+                if color:
+                    x = self.color.apply(x / 255.0, color[0].to(self.device, non_blocking=True)) * 255.0
+                yield x * self.scale + self.shift, y.to(self.device, non_blocking=True)
         except UserError as err:  # from a worker, the message arrives behind the worker's traceback
             raise UserError(str(err).rsplit("UserError: ", 1)[-1].strip()) from None
