@@ -51,3 +51,23 @@ def test_eval_loader_serves_every_sample_once_across_ranks():
     split = Split(_ramp(n=23), torch.arange(23))
     seen = [y for rank in range(3) for _, y in TensorLoader(split, 4, rank=rank, world_size=3)]
     assert sorted(torch.cat(seen).tolist()) == list(range(23))
+
+
+def test_training_never_serves_a_batch_of_one_image_per_rank():
+    # BatchNorm cannot train on one image: such a last batch is left out (another image each epoch)
+    split = Split(_ramp(n=33), torch.arange(33))
+    for batch, world, expected in [(8, 1, [8, 8, 8, 8]), (4, 2, [4, 4, 4, 4]), (5, 1, [5] * 6 + [3]),
+                                   (1, 1, [1] * 33), (16, 2, [16])]:
+        sizes = {rank: [len(y) for _, y in TensorLoader(split, batch, train=True, rank=rank, world_size=world)]
+                 for rank in range(world)}
+        assert all(s == expected for s in sizes.values()), (batch, world, sizes)
+        assert all(len(TensorLoader(split, batch, train=True, rank=r, world_size=world)) == len(expected)
+                   for r in range(world))
+    loader = TensorLoader(split, 8, train=True)
+    left_out = set()
+    for epoch in range(6):
+        loader.set_epoch(epoch)
+        served = torch.cat([y for _, y in loader]).tolist()
+        assert len(served) == len(set(served)) == 32
+        left_out |= set(range(33)) - set(served)
+    assert len(left_out) > 1

@@ -144,7 +144,8 @@ class EpochSampler(Sampler):
         self.rank, self.world_size, self.epoch, self.start = rank, world_size, 0, 0
 
     def __len__(self) -> int:
-        return shard_size(self.n, train=self.train, rank=self.rank, world_size=self.world_size) - self.start
+        return shard_size(self.n, self.batch_size, train=self.train, rank=self.rank,
+                          world_size=self.world_size) - self.start
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         positions = shard_positions(self.n, self.batch_size, train=self.train, rank=self.rank,

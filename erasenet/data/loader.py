@@ -37,7 +37,8 @@ class TensorLoader:
         self.epoch, self.start_batch = epoch, start_batch
 
     def __len__(self) -> int:
-        n = shard_size(len(self.labels), train=self.train, rank=self.rank, world_size=self.world_size)
+        n = shard_size(len(self.labels), self.batch_size, train=self.train, rank=self.rank,
+                       world_size=self.world_size)
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -79,7 +80,9 @@ def train_positions(n: int, batch_size: int, *, rank: int = 0, world_size: int =
 
     Global batch k is positions [k*B, (k+1)*B) with B = batch_size * world_size, whatever the world size, and each
     rank takes its contiguous share of it: N processes train on exactly the batches one process would. The last
-    ``n % world_size`` positions are left out, so every rank takes the same number of steps.
+    ``n % world_size`` positions are left out, so every rank takes the same number of steps. So is a last batch of
+    one image per rank, because BatchNorm cannot train on a single image (it is another image every epoch); this
+    is the one case where N processes train on one batch fewer than one process.
     """
     usable = n // world_size * world_size
     global_batch = batch_size * world_size
@@ -87,6 +90,7 @@ def train_positions(n: int, batch_size: int, *, rank: int = 0, world_size: int =
     positions = torch.arange(usable)
     tail = positions[full:]  # a last, smaller global batch (its size divides world_size): split evenly too
     per_rank = len(tail) // world_size
+    per_rank = 0 if per_rank == 1 and batch_size > 1 else per_rank
     return torch.cat([positions[:full].view(-1, world_size, batch_size)[:, rank].reshape(-1),
                       tail[rank * per_rank:(rank + 1) * per_rank]])
 
@@ -99,9 +103,12 @@ def shard_positions(n: int, batch_size: int, *, train: bool, rank: int = 0, worl
     return torch.arange(rank, n, world_size)
 
 
-def shard_size(n: int, *, train: bool, rank: int = 0, world_size: int = 1) -> int:
-    """``len(shard_positions(n, ...))`` without building it."""
-    return n // world_size if train else len(range(rank, n, world_size))
+def shard_size(n: int, batch_size: int, *, train: bool, rank: int = 0, world_size: int = 1) -> int:
+    """``len(shard_positions(n, batch_size, ...))`` without building it."""
+    if not train:
+        return len(range(rank, n, world_size))
+    per_rank = n // world_size
+    return per_rank - 1 if per_rank % batch_size == 1 and batch_size > 1 else per_rank
 
 
 def normaliser(mean: Sequence[float], std: Sequence[float], channels: int,
