@@ -56,10 +56,16 @@ def build_model(cfg: DictConfig) -> tuple[nn.Module, EraseRecord]:
                         f"{', '.join(k for k in accepted if k not in ('num_classes', 'in_chans'))}.")
     try:
         model = create_model(name, num_classes=cfg.dataset.num_classes, in_chans=cfg.dataset.in_chans, **kwargs)
-        erased = apply_erase(model, ErasePolicy(**OmegaConf.to_container(cfg.erase)))
+        erased = apply_erase(model, ErasePolicy(**OmegaConf.to_container(cfg.erase)), input_shape=image_shape(cfg))
     except ValueError as err:
         raise UserError(f"cannot build model {name}: {err}.") from None
     return model, erased
+
+
+def image_shape(cfg: DictConfig) -> tuple[int, int, int]:
+    """(C, H, W) of one input image of the configured dataset."""
+    d = cfg.dataset
+    return d.in_chans, d.image_size, d.image_size
 
 
 def count_macs(cfg: DictConfig) -> int | None:
@@ -188,7 +194,7 @@ def build_run(cfgs: Sequence[DictConfig], out_dirs: Sequence[Path], dist: Dist, 
         members.append(Member(cfg=c, out_dir=Path(out), model=to_channels_last(model, accel), erased=erased,
                               config=OmegaConf.to_container(c, resolve=True), overrides=list(o), group=g,
                               log=member_log))
-    image = (cfg.dataset.in_chans, cfg.dataset.image_size, cfg.dataset.image_size)
+    image = image_shape(cfg)
     stack = None
     if len(members) == 1:
         trained = distributed.wrap(members[0].model, dist, device, cfg.trainer.sync_batchnorm)
@@ -202,7 +208,7 @@ def build_run(cfgs: Sequence[DictConfig], out_dirs: Sequence[Path], dist: Dist, 
                                         (len(members), schedule.batch_size, *image), dist)
     params = sum(p.numel() for p in members[0].model.parameters())
     relus = count_model_relus(members[0].model, image)
-    optimizer = build_optimizer(stack or members[0].model, schedule)
+    optimizer = build_optimizer(members[0].model, schedule, stack.named_member_parameters() if stack else None)
     scheduler = build_scheduler(optimizer, schedule, len(train_loader))
     run = Run(members=members, dist=dist, device=device, train_model=compiled.module, stack=stack,
               optimizer=optimizer, scheduler=scheduler, train_loader=train_loader, eval_loaders=eval_loaders,

@@ -79,6 +79,10 @@ class StackedModels(nn.Module):
         if self.random and len(self.generators) != self.size:
             raise ValueError("models that draw random numbers in training need one generator state per member")
 
+    def named_member_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        """The stacked parameters, in ``parameters()`` order, by their names in a member model."""
+        return list(zip(self.param_names, self.stacked))
+
     def _state(self) -> tuple[dict, dict]:
         buffers = {n: getattr(self, f"buffer{i}") for i, n in enumerate(self.buffer_names)}
         return dict(zip(self.param_names, self.stacked)), buffers

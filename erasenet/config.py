@@ -20,7 +20,9 @@ from .errors import UserError
 from .records import drop_metadata
 
 LOCATIONS = ("last", "first", "all")
-REPLACEMENTS = ("identity", "prelu")
+# What erase.replace puts in place of an erased ReLU (erasenet.erase builds them).
+REPLACEMENTS = {"identity": "nothing, the ReLU erased", "prelu": "a PReLU with one learned slope per site",
+                "prelu_channel": "a PReLU with one slope per channel"}
 DEVICES = ("auto", "cpu", "cuda")
 PROGRESS = ("auto", "on", "off")
 IMAGE_FOLDER_DATASETS = ("imagenet", "imagenet_subset")  # read from an ImageFolder tree through a DataLoader
@@ -38,7 +40,7 @@ MODEL_META_KEYS = ("name", "warmup_iters")
 class EraseConfig:
     location: str = MISSING  # last | first | all | a 1-based site index within each block
     proportion: float = MISSING  # fraction of blocks erased, evenly spread from the first block
-    replace: str = MISSING  # identity (erase) | prelu
+    replace: str = MISSING  # identity (erase) | prelu (one slope per site) | prelu_channel (one per channel)
     fixed_sites: bool = False  # also change the ReLUs outside every block (a stem's, a pre-activation head's)
 
 
@@ -85,6 +87,7 @@ class ScheduleConfig:
     warmup_lr: float = MISSING
     warmup: str = MISSING  # constant (He et al.) | linear (from warmup_lr up to lr)
     decay: str = "step"  # step: lr *= gamma at each milestone | cosine: from lr down to 0 over the epochs after warm-up
+    prelu_weight_decay: bool = True  # false: no weight decay on PReLU slopes (He et al. 2015)
 
 
 @dataclass
@@ -175,7 +178,8 @@ def check_config(cfg: DictConfig) -> None:
         _fail(f"erase.location={e.location!r} is not a site location.",
               f"Use one of {', '.join(LOCATIONS)}, or a 1-based site index within each block such as erase.location=2.")
     if e.replace not in REPLACEMENTS:
-        _fail(f"erase.replace={e.replace!r} is unknown.", f"Use one of {', '.join(REPLACEMENTS)}.")
+        _fail(f"erase.replace={e.replace!r} is unknown.",
+              "Use " + ", ".join(f"{name} ({meaning})" for name, meaning in REPLACEMENTS.items()) + ".")
     if not isinstance(cfg.model, DictConfig) or "name" not in cfg.model:
         _fail("the model config has no 'name'.", "Pick a model with model=<name>, e.g. model=resnet20.")
     if s.epochs < 1 or s.batch_size < 1 or s.eval_batch_size < 1:

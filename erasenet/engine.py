@@ -21,9 +21,25 @@ class NonFiniteLoss(RuntimeError):
     """Training diverged: the loss became NaN or infinite."""
 
 
-def build_optimizer(model: nn.Module, schedule: DictConfig) -> torch.optim.SGD:
-    """SGD with momentum (Nesterov optional) and weight decay on every parameter, as the papers train."""
-    return torch.optim.SGD(model.parameters(), lr=schedule.lr, momentum=schedule.momentum,
+def prelu_slope_names(model: nn.Module) -> set[str]:
+    """The parameter names of every ``nn.PReLU``'s slopes in ``model``."""
+    return {f"{name}.weight" if name else "weight" for name, m in model.named_modules() if isinstance(m, nn.PReLU)}
+
+
+def build_optimizer(model: nn.Module, schedule: DictConfig,
+                    parameters: Iterable[tuple[str, nn.Parameter]] | None = None) -> torch.optim.SGD:
+    """SGD with momentum (Nesterov optional) and weight decay on every parameter, as the papers train.
+
+    With ``schedule.prelu_weight_decay=false`` the PReLU slopes form a second group without weight decay, as He
+    et al. 2015 train them. ``parameters``: what the optimizer steps, named as ``model`` names its own (a stack's
+    stacked tensors); by default ``model.named_parameters()``.
+    """
+    named = list(model.named_parameters() if parameters is None else parameters)
+    slopes = set() if schedule.get("prelu_weight_decay", True) else prelu_slope_names(model)
+    groups = [{"params": [p for n, p in named if n not in slopes]}]
+    if any(n in slopes for n, _ in named):
+        groups.append({"params": [p for n, p in named if n in slopes], "weight_decay": 0.0})
+    return torch.optim.SGD(groups, lr=schedule.lr, momentum=schedule.momentum,
                            nesterov=schedule.nesterov and schedule.momentum > 0, weight_decay=schedule.weight_decay)
 
 

@@ -16,9 +16,12 @@ import torch.nn as nn
 
 from . import graph_sites
 from .models.base import declared_sites, fixed_sites, iter_blocks
+from .rectifiers import rectifier_calls
 
-# What an erased site becomes: nothing (EraseReLU), or a learned slope (PReLU, one per site, 0.25 at start).
-REPLACEMENTS: dict[str, type[nn.Module]] = {"identity": nn.Identity, "prelu": nn.PReLU}
+# What an erased site becomes: nothing (EraseReLU), or a PReLU with learned slopes initialised at 0.25: one per
+# site, or one per channel of the tensor the site sees (He et al. 2015), set by ``_slope_per_channel``.
+REPLACEMENTS: dict[str, type[nn.Module]] = {"identity": nn.Identity, "prelu": nn.PReLU,
+                                             "prelu_channel": nn.PReLU}
 
 
 @dataclass(frozen=True)
@@ -88,10 +91,32 @@ def _pick(block_name: str, sites: Sequence, names: list[str], ends_with_site: bo
                      f"{', '.join(names)}; use last, first, all or a site index 1..{len(sites)}")
 
 
-def _replacement(kind: str) -> nn.Module:
+def _check_replacement(kind: str, input_shape: Sequence[int] | None) -> None:
     if kind not in REPLACEMENTS:
         raise ValueError(f"erase.replace must be one of {', '.join(REPLACEMENTS)}, got {kind!r}")
-    return REPLACEMENTS[kind]()
+    if kind == "prelu_channel" and input_shape is None:
+        raise ValueError("erase.replace=prelu_channel gives each site one slope per channel of the tensor it sees, "
+                         "which a forward pass finds: pass input_shape=(C, H, W), the shape of one input image")
+
+
+def _slope_per_channel(model: nn.Module, prelus: list[nn.Module], input_shape: Sequence[int]) -> None:
+    """Swap each of ``prelus`` (one shared slope, already in ``model``) for a PReLU with one slope (0.25) per
+    channel (dim 1) of its input, read off one forward pass on the meta device."""
+    try:
+        calls = rectifier_calls(model, input_shape)
+    except (RuntimeError, NotImplementedError) as err:  # an operator without a meta kernel
+        raise ValueError(f"erase.replace=prelu_channel could not find the sites' channel counts: a forward pass "
+                         f"of one {'x'.join(map(str, input_shape))} input on the meta device failed ({err})") from None
+    names = {id(m): name for name, m in model.named_modules()}
+    channels = {c.module: c.shape[1] if len(c.shape) > 1 else 1 for c in calls if c.op == "prelu"}
+    for prelu in prelus:
+        name = names[id(prelu)]
+        if name not in channels:
+            raise ValueError(f"erase.replace=prelu_channel: the PReLU at {name} never ran in an evaluation-mode "
+                             f"forward pass of one {'x'.join(map(str, input_shape))} input, so its channel count is "
+                             f"unknown")
+        parent_name, _, leaf = name.rpartition(".")
+        setattr(model.get_submodule(parent_name), leaf, nn.PReLU(num_parameters=channels[name], init=0.25))
 
 
 def declares_sites(model: nn.Module) -> bool:
@@ -137,34 +162,47 @@ def _plan_found(found: graph_sites.GraphSites, policy: ErasePolicy) -> tuple[Era
     return record, chosen
 
 
-def plan_erase(model: nn.Module, policy: ErasePolicy, activations: Sequence | None = None) -> EraseRecord:
+def plan_erase(model: nn.Module, policy: ErasePolicy, activations: Sequence | None = None, *,
+               input_shape: Sequence[int] | None = None) -> EraseRecord:
     """The record ``apply_erase`` would return, leaving ``model`` unchanged."""
-    _replacement(policy.replace)
+    _check_replacement(policy.replace, input_shape)
     if declares_sites(model):
         return _plan_declared(model, policy)
     return _plan_found(graph_sites.analyse(model, model_activations(model, activations)), policy)[0]
 
 
-def apply_erase(model: nn.Module, policy: ErasePolicy, activations: Sequence | None = None) -> EraseRecord:
+def apply_erase(model: nn.Module, policy: ErasePolicy, activations: Sequence | None = None, *,
+                input_shape: Sequence[int] | None = None) -> EraseRecord:
     """Swap the chosen ReLU sites of ``model`` in place; return the record of what changed.
 
     A zoo model's sites are the ``nn.ReLU`` modules its blocks declare. Any other network is analysed from its
     graph (``erasenet.graph_sites``); there ``activations`` (classes, ``relu``/``relu6`` or dotted class names)
     says which activation calls are sites, by default the model's ``site_activations`` or ``nn.ReLU``.
+    ``input_shape`` (C, H, W of one input) is needed by ``replace="prelu_channel"`` only.
     """
-    _replacement(policy.replace)
+    _check_replacement(policy.replace, input_shape)
+    added: list[nn.Module] = []
+
+    def replacement() -> nn.Module:
+        added.append(REPLACEMENTS[policy.replace]())
+        return added[-1]
+
     if not declares_sites(model):
         found = graph_sites.analyse(model, model_activations(model, activations))
         record, chosen = _plan_found(found, policy)
-        graph_sites.erase_calls(model, found, chosen, lambda: _replacement(policy.replace))
-        return record
-    record = _plan_declared(model, policy)
-    for site in record.sites:
-        parent_name, _, leaf = site.rpartition(".")
-        parent = model.get_submodule(parent_name)
-        if not isinstance(getattr(parent, leaf), nn.ReLU):
-            raise ValueError(f"site {site!r} is not an nn.ReLU; the model breaks the ReLU-site contract")
-    for site in record.sites:
-        parent_name, _, leaf = site.rpartition(".")
-        setattr(model.get_submodule(parent_name), leaf, _replacement(policy.replace))
+        graph_sites.erase_calls(model, found, chosen, replacement)
+    else:
+        record = _plan_declared(model, policy)
+        for site in record.sites:
+            parent_name, _, leaf = site.rpartition(".")
+            parent = model.get_submodule(parent_name)
+            if not isinstance(getattr(parent, leaf), nn.ReLU):
+                raise ValueError(f"site {site!r} is not an nn.ReLU; the model breaks the ReLU-site contract")
+        for site in record.sites:
+            parent_name, _, leaf = site.rpartition(".")
+            setattr(model.get_submodule(parent_name), leaf, replacement())
+    # A site's channel count is known only once a forward pass reaches it; a shared module's calls (torchvision's
+    # BasicBlock.relu) and functional ReLUs have no module of their own to ask before erasing, their new PReLUs do.
+    if policy.replace == "prelu_channel" and added:
+        _slope_per_channel(model, added, input_shape)
     return record

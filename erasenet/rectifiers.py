@@ -33,6 +33,7 @@ class RectifierCall:
     module_type: type
     op: str  # relu, relu_ or prelu
     elements: int  # per forward pass of the given input
+    shape: tuple[int, ...]  # of its output (= its input), batch first
 
 
 class _Recorder(TorchDispatchMode):
@@ -45,7 +46,8 @@ class _Recorder(TorchDispatchMode):
         out = func(*args, **(kwargs or {}))
         if func in RECTIFIER_OPS:
             module, module_type = self.where[-1]
-            self.calls.append(RectifierCall(module, module_type, RECTIFIER_OPS[func], out.numel()))
+            self.calls.append(RectifierCall(module, module_type, RECTIFIER_OPS[func], out.numel(),
+                                            tuple(out.shape)))
         return out
 
 

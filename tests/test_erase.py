@@ -1,10 +1,13 @@
 """The erase policy: block selection reproduces the paper, and exactly the chosen sites change."""
 
 import pytest
+import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
-from erasenet.erase import ErasePolicy, apply_erase, select_blocks
+from erasenet.erase import ErasePolicy, apply_erase, plan_erase, select_blocks
 from erasenet.models import block_sites, create_model
+from erasenet.rectifiers import count_relus
 
 
 def test_paper_examples():
@@ -130,3 +133,70 @@ def test_fixed_sites_turn_every_relu_layer_into_a_prelu(make_cfg):
     cfg = make_cfg("experiment=dong2017/t1_resnet20_prelu_all", "erase.fixed_sites=true")
     model, erased = build_model(cfg)
     assert erased.as_dict()["fixed_sites"] and isinstance(model.stem.act, nn.PReLU)
+
+
+def test_prelu_channel_gives_each_site_a_slope_per_channel():
+    model = create_model("resnet20")
+    record = apply_erase(model, ErasePolicy("all", 1.0, "prelu_channel", fixed_sites=True), input_shape=(3, 32, 32))
+    slopes = {s: model.get_submodule(s) for s in record.sites}
+    assert len(slopes) == 19 and all(type(m) is nn.PReLU for m in slopes.values())
+    expected = {"stem.act": 16} | {s: 16 * 2 ** (int(s[5]) - 1) for s in record.sites if s.startswith("layer")}
+    assert {s: m.weight.shape for s, m in slopes.items()} == {s: (c,) for s, c in expected.items()}
+    assert [expected[f"layer{i}.0.act1"] for i in (1, 2, 3)] == [16, 32, 64]
+    assert all(torch.equal(m.weight, torch.full_like(m.weight, 0.25)) for m in slopes.values())
+
+
+def test_prelu_channel_on_torchvision_resnet18_starts_as_the_shared_slope():
+    import copy
+
+    import torchvision
+
+    torch.manual_seed(0)
+    original = torchvision.models.resnet18(weights=None).eval()
+    shared, per_channel = copy.deepcopy(original), copy.deepcopy(original)
+    apply_erase(shared, ErasePolicy("last", 1.0, "prelu"))
+    record = apply_erase(per_channel, ErasePolicy("last", 1.0, "prelu_channel"), input_shape=(3, 224, 224))
+    assert record.sites == [f"layer{i}.{j}.relu#2" for i in range(1, 5) for j in range(2)]
+    slopes = {n: p.shape for n, p in per_channel.named_parameters() if "relu" in n}
+    assert slopes == {f"layer{i}.{j}.relu_call2.weight": (c,) for i, c in zip(range(1, 5), (64, 128, 256, 512))
+                      for j in range(2)}
+    assert isinstance(per_channel.layer1[0].relu, nn.ReLU)  # the shared module's first call stays a ReLU
+    assert count_relus(per_channel, (3, 224, 224)) == count_relus(shared, (3, 224, 224)) == 2_308_096
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.equal(per_channel(x), shared(x))  # every slope starts at 0.25
+        assert not torch.equal(per_channel(x), original(x))
+
+
+def test_prelu_channel_reaches_functional_relus():
+    class Unit(nn.Module):
+        def __init__(self, c_in: int, c_out: int):
+            super().__init__()
+            self.conv, self.proj = nn.Conv2d(c_in, c_out, 3, padding=1), nn.Conv2d(c_in, c_out, 1)
+
+        def forward(self, x):
+            return F.relu(self.conv(x) + self.proj(x))
+
+    model = nn.Sequential(Unit(3, 4), Unit(4, 6))
+    record = apply_erase(model, ErasePolicy("last", 1.0, "prelu_channel"), input_shape=(3, 5, 5))
+    assert record.sites == ["0:relu", "1:relu"]
+    assert [m.weight.shape for m in model.modules() if isinstance(m, nn.PReLU)] == [(4,), (6,)]
+
+
+def test_prelu_channel_needs_the_input_shape():
+    model = create_model("resnet20")
+    for erase in (apply_erase, plan_erase):
+        with pytest.raises(ValueError, match="input_shape"):
+            erase(model, ErasePolicy("last", 1.0, "prelu_channel"))
+    assert not any(isinstance(m, nn.PReLU) for m in model.modules())
+    assert plan_erase(model, ErasePolicy("last", 1.0, "prelu_channel"), input_shape=(3, 32, 32)).sites[0] == \
+        "layer1.0.act_out"
+
+
+def test_describe_with_slopes_per_channel(capsys):
+    from erasenet.models.__main__ import main
+
+    assert main(["--arch", "resnet20", "--erase", "all", "--proportion", "1", "--replace", "prelu_channel"]) == 0
+    out = capsys.readouterr().out
+    assert "18 site(s) -> prelu_channel in 9/9 blocks" in out
+    assert "ReLU/PReLU evaluations after the erase: 188,416 (+0)" in out

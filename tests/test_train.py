@@ -1,5 +1,6 @@
 """End to end: a real (tiny) training run, the multirun summary, and the bad-input errors."""
 
+import copy
 import json
 import math
 import statistics
@@ -108,6 +109,7 @@ def test_results_cli_errors(tmp_path):
     (["erase.proportion=1.5"], "outside [0, 1]"),
     (["erase.location=middle"], "erase.location='middle'"),
     (["erase.replace=tanh"], "erase.replace='tanh'"),
+    (["erase.replace=prelu_channels"], "prelu_channel (a PReLU with one slope per channel)"),
     (["model=resnet9"], "resnet110"),  # Hydra lists the available models
     (["erase.proportio=1"], "proportio"),
     (["schedule.lr=-1"], "lr > 0"),
@@ -139,3 +141,81 @@ def test_lr_factor_warms_up_linearly_then_steps_at_the_milestones(make_cfg):
     assert 0.1 * factor(19) == pytest.approx(0.1) and 0.1 * factor(20) == pytest.approx(0.01)
     constant = lr_factor(make_cfg("schedule=quick", "schedule.warmup_iters=4", "schedule.warmup_lr=0.02").schedule, 10)
     assert [constant(step) for step in (0, 3, 4)] == pytest.approx([0.2, 0.2, 1.0])
+
+
+def _sgd_step_without_gradient(optimizer):
+    """One step with zero gradients: only weight decay moves a parameter."""
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            p.grad = torch.zeros_like(p)
+    optimizer.step()
+
+
+def test_prelu_slopes_escape_weight_decay_only_when_asked(make_cfg):
+    from erasenet.concurrent import StackedModels, member_optimizer_state, stacked_optimizer_state
+    from erasenet.engine import build_optimizer
+    from erasenet.erase import ErasePolicy, apply_erase
+    from erasenet.models import create_model
+
+    decayed, undecayed = (make_cfg("schedule=quick", f"schedule.prelu_weight_decay={v}").schedule
+                          for v in ("true", "false"))
+    plain = create_model("resnet20", num_classes=10)
+    names = [n for n, _ in plain.named_parameters()]
+    reference = torch.optim.SGD(plain.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    for schedule in (decayed, undecayed):  # no PReLU: exactly the optimizer of before
+        assert build_optimizer(plain, schedule).state_dict() == reference.state_dict()
+
+    torch.manual_seed(0)
+    model = create_model("resnet20", num_classes=10)
+    apply_erase(model, ErasePolicy("all", 1.0, "prelu_channel"), input_shape=(3, 32, 32))
+    slopes = [n for n, _ in model.named_parameters() if n.endswith(("act1.weight", "act_out.weight"))]
+    assert len(slopes) == 18 and [n for n, _ in model.named_parameters() if n not in slopes] == names
+    assert len(build_optimizer(model, decayed).param_groups) == 1
+    optimizer = build_optimizer(model, undecayed)
+    parameters = dict(model.named_parameters())
+    assert [[id(p) for p in g["params"]] for g in optimizer.param_groups] == \
+        [[id(parameters[n]) for n in names], [id(parameters[n]) for n in slopes]]
+    assert [g["weight_decay"] for g in optimizer.param_groups] == [5e-4, 0.0]
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    _sgd_step_without_gradient(optimizer)
+    assert all(torch.equal(parameters[n], before[n]) for n in slopes)
+    assert not torch.equal(parameters["head.fc.weight"], before["head.fc.weight"])
+
+    # trainer.concurrent: the stacked slopes, one group per member's own optimizer's group
+    members = [model, copy.deepcopy(model)]
+    stack = StackedModels(members)
+    stacked = build_optimizer(model, undecayed, stack.named_member_parameters())
+    assert [len(g["params"]) for g in stacked.param_groups] == [len(names), 18]
+    assert all(p.shape == (2, *parameters[n].shape) for p, n in zip(stacked.param_groups[1]["params"], slopes))
+    _sgd_step_without_gradient(stacked)
+    before = stacked.state_dict()["state"]
+    stacked.load_state_dict(stacked_optimizer_state([member_optimizer_state(stacked, k) for k in (0, 1)]))
+    after = stacked.state_dict()["state"]
+    assert before.keys() == after.keys() and all(torch.equal(before[i]["momentum_buffer"], after[i]["momentum_buffer"])
+                                                 for i in before)
+
+
+def test_a_run_with_slopes_per_channel_and_no_slope_decay_finishes_and_resumes_exactly(tmp_path):
+    args = (*TINY[:2], "schedule.epochs=2", "trainer.tensorboard=false", "trainer.num_threads=1", "erase=prelu_all",
+            "erase.replace=prelu_channel", "schedule.prelu_weight_decay=false", "model=resnet", "model.depth=8")
+    proc = run_cli(*args, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    run = next((tmp_path / "runs").glob("*/*"))
+    result = json.loads((run / "result.json").read_text())
+    assert result["status"] == "ok" and result["erase"]["replace"] == "prelu_channel"
+    assert result["erased"] == ["layer1.0.act1", "layer1.0.act_out", "layer2.0.act1", "layer2.0.act_out",
+                                "layer3.0.act1", "layer3.0.act_out"]
+    assert result["config"]["schedule"]["prelu_weight_decay"] is False
+    final = torch.load(run / "checkpoints" / "epoch0002.pt", weights_only=True)
+    assert final["model"]["layer3.0.act_out.weight"].shape == (64,)
+    assert [g["weight_decay"] for g in final["optimizer"]["param_groups"]] == [5e-4, 0.0]
+    assert len(final["optimizer"]["param_groups"][1]["params"]) == 6
+    # the same command continues from the first epoch's checkpoint: two groups' state loads back
+    (run / "result.json").unlink()
+    (run / "checkpoints" / "epoch0002.pt").unlink()
+    proc = run_cli(*args, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "resuming from" in (run / "train.log").read_text()
+    again = torch.load(run / "checkpoints" / "epoch0002.pt", weights_only=True)
+    assert all(torch.equal(again["model"][k], v) for k, v in final["model"].items())
+    assert json.loads((run / "result.json").read_text())["test_error"] == result["test_error"]

@@ -61,7 +61,7 @@ def describe(arch: str, policy: ErasePolicy, activation: str | None = None,
     shape = shape or design_shape
     blocks, fixed, how = structure(model)
     try:
-        record = plan_erase(model, policy)
+        record = plan_erase(model, policy, input_shape=shape)
     except ValueError as err:
         record, refusal = None, str(err)
     erased = set(record.sites) if record else set()
@@ -80,7 +80,7 @@ def describe(arch: str, policy: ErasePolicy, activation: str | None = None,
     lines.append(f"erase location={policy.location} proportion={policy.proportion:g}: {len(record.sites)} site(s) "
                  f"-> {policy.replace} in {len(record.blocks)}/{record.num_blocks} blocks, marked [site] above")
     erased_model = copy.deepcopy(model)
-    apply_erase(erased_model, policy)
+    apply_erase(erased_model, policy, input_shape=shape)
     after = count_relus(erased_model, shape)
     lines.append(f"ReLU/PReLU evaluations after the erase: {after:,} ({after - relus:+,})")
     return "\n".join(lines) + "\n"
@@ -101,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--arch", help="describe one network: a zoo name, torchvision:<arch> or timm:<arch>")
     parser.add_argument("--erase", default="last", metavar="LOCATION", help="last, first, all or a site index")
     parser.add_argument("--proportion", type=float, default=0.5)
-    parser.add_argument("--replace", default="identity", help="identity or prelu")
+    parser.add_argument("--replace", default="identity",
+                        help="identity, prelu (one slope per site) or prelu_channel (one per channel)")
     parser.add_argument("--activation", help="external networks: relu (default), relu6 or a class path")
     parser.add_argument("--input", type=_shape, metavar="CxHxW", help="input size for the ReLU count")
     parser.add_argument("names", nargs="*", help="only these registry names (default: all)")
