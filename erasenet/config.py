@@ -9,6 +9,7 @@ well under a second.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -139,6 +140,27 @@ class Config:
     seed: int = MISSING
     name: str = MISSING  # groups output directories: runs/<name>/..., multirun/<name>/...
     paper: PaperConfig = field(default_factory=PaperConfig)  # the published number a preset should land near
+
+
+def with_schema_defaults(config: dict) -> dict:
+    """A run's stored config with the schema's default for every ``erase``, ``dataset`` and ``schedule`` key it
+    lacks.
+
+    A knob added to the schema defaults to the behaviour from before it existed, so a run recorded earlier ran
+    with that default: filled in, its config still matches, and the run is neither trained again nor refused
+    a resume after an upgrade.
+    """
+    filled = dict(config)
+    for section, schema in (("erase", EraseConfig), ("dataset", DatasetConfig), ("schedule", ScheduleConfig)):
+        if isinstance(filled.get(section), dict):
+            filled[section] = {**_schema_defaults(schema), **filled[section]}
+    return filled
+
+
+def _schema_defaults(schema: type) -> dict[str, Any]:
+    return {f.name: f.default for f in dataclasses.fields(schema)
+            if f.default is not dataclasses.MISSING and f.default != MISSING
+            and not (isinstance(f.default, str) and "${" in f.default)}  # an interpolation says where, not what
 
 
 def run_dirname(overrides: str, limit: int = 120) -> str:

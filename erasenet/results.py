@@ -25,6 +25,7 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from .config import with_schema_defaults
 from .records import (failure_of, final_train_error, finite, format_mean_std, format_p, group_of, is_ok,
                       mean_std, override_key, proportion_of, run_group, split_overrides)
 from .stats import Welch, welch
@@ -113,7 +114,7 @@ def _read_failure(path: Path) -> str | None:
 def reference_family(result: dict) -> str:
     """What a run shares with its reference: its group without ``erase.*`` items, and its model, data and
     schedule (two presets that differ only in their erase settings share these)."""
-    config = result.get("config") or {}
+    config = with_schema_defaults(result.get("config") or {})  # runs recorded before a knob existed
     dataset = {k: v for k, v in (config.get("dataset") or {}).items() if k not in _DATASET_PLACE_KEYS}
     rest = [o for o in split_overrides(group_of(result)) if not override_key(o).startswith("erase.")]
     return json.dumps([rest, config.get("model"), dataset, config.get("schedule")], sort_keys=True, default=str)

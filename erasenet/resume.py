@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import random
@@ -14,9 +15,11 @@ import torch
 
 from . import distributed
 from .checkpoint import load_checkpoint, load_latest
+from .config import with_schema_defaults
 from .concurrent import member_optimizer_state, stacked_optimizer_state
 from .engine import EpochState
 from .errors import UserError
+from .models import builder_options
 
 if TYPE_CHECKING:
     from .build import Run
@@ -70,9 +73,26 @@ def experiment_config(config: dict) -> dict:
     return flat
 
 
+def with_defaults(config: dict) -> dict:
+    """``config`` with the schema's defaults and its model builder's default arguments where keys are absent
+    (a config stored before those keys existed ran with them)."""
+    filled = with_schema_defaults(config)
+    model = filled.get("model")
+    if isinstance(model, dict) and isinstance(model.get("name"), str):
+        try:
+            options = builder_options(model["name"])
+        except KeyError:  # not a registered model: nothing to fill
+            return filled
+        defaults = {k: list(v) if isinstance(v, tuple) else v for k, v in options.items()
+                    if v is not inspect.Parameter.empty and k not in ("num_classes", "in_chans")}
+        filled["model"] = {**defaults, **model}
+    return filled
+
+
 def config_differences(a: dict, b: dict) -> list[str]:
-    """``key: a -> b`` for every experiment key on which the two configs differ."""
-    fa, fb = experiment_config(a), experiment_config(b)
+    """``key: a -> b`` for every experiment key on which the two configs differ (absent keys count as their
+    defaults)."""
+    fa, fb = experiment_config(with_defaults(a)), experiment_config(with_defaults(b))
     return [f"{k}: {fa.get(k, '(absent)')!r} -> {fb.get(k, '(absent)')!r}"
             for k in sorted(set(fa) | set(fb)) if fa.get(k, "(absent)") != fb.get(k, "(absent)")]
 

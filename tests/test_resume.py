@@ -187,6 +187,45 @@ def test_finished_run_is_skipped(tmp_path, make_cfg, caplog):
     assert {p.name: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()} == before
 
 
+# Keys a run recorded before they existed lacks: their defaults are the behaviour from before they existed.
+ADDED_LATER = (("schedule", "prelu_weight_decay"), ("schedule", "decay"), ("dataset", "color_jitter"),
+               ("dataset", "lighting"), ("dataset", "top5"), ("erase", "fixed_sites"), ("model", "batch_norm"))
+
+
+def _as_recorded_before(config: dict) -> dict:
+    for section, key in ADDED_LATER:
+        del config[section][key]
+    return config
+
+
+def test_runs_recorded_before_a_knob_existed_still_match(tmp_path, make_cfg, caplog):
+    from erasenet.checkpoint import save_checkpoint
+
+    cfg = make_cfg(*QUICK, "schedule.epochs=2")
+    first = train_run(cfg, tmp_path)
+    stored = json.loads((tmp_path / "result.json").read_text())
+    stored["config"] = _as_recorded_before(stored["config"])
+    (tmp_path / "result.json").write_text(json.dumps(stored))
+    with caplog.at_level(logging.INFO, logger="erasenet"):
+        assert train_run(cfg, tmp_path)["test_error"] == first["test_error"]
+    assert "already finished" in caplog.text and "training again" not in caplog.text
+    # a checkpoint from before resumes
+    (tmp_path / "result.json").unlink()
+    older, newest = list_checkpoints(tmp_path)[-2:]
+    newest.unlink()
+    state = load_checkpoint(older)
+    state["config"] = _as_recorded_before(state["config"])
+    save_checkpoint(older, state)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="erasenet"):
+        again = train_run(cfg, tmp_path)
+    assert "resuming from" in caplog.text and again["test_error"] == first["test_error"]
+    # a knob set away from its default is a difference, present or absent
+    with pytest.raises(UserError, match=r"dataset.lighting: 0.0 -> 0.1"):
+        train_run(make_cfg(*QUICK, "schedule.epochs=2", "dataset=imagenet", "dataset.lighting=0.1",
+                           "dataset.num_classes=10"), tmp_path)
+
+
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, make_cfg):
     # one epoch of warm-up at a sane lr, then lr=1e6 diverges in the second epoch
     cfg = make_cfg(*QUICK, "schedule.lr=1e6", "schedule.warmup_iters=20", "schedule.warmup_lr=0.01")
