@@ -61,8 +61,8 @@ def select_blocks(num_blocks: int, proportion: float) -> list[int]:
 
     Block i (0-indexed) is chosen when ``floor(i * p)`` steps up, i.e. every ``1/p``-th
     block: p=0.5 -> 1,3,5,...; p=0.25 -> 1,5,9,...; p=1 -> all; p=0 -> none.
-    ``ceil(num_blocks * p)`` blocks are chosen. Exact rational arithmetic avoids
-    float rounding at the step boundaries.
+    ``floor(p * (num_blocks - 1)) + 1`` blocks are chosen for p > 0. Exact rational
+    arithmetic avoids float rounding at the step boundaries.
     """
     if not 0.0 <= proportion <= 1.0:
         raise ValueError(f"proportion must lie in [0, 1], got {proportion}")

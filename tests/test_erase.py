@@ -1,5 +1,7 @@
 """The erase policy: block selection reproduces the paper, and exactly the chosen sites change."""
 
+import math
+
 import pytest
 import torch
 import torch.nn as nn
@@ -22,6 +24,7 @@ def test_paper_examples():
 def test_selection_is_evenly_spread(n, p):
     chosen = select_blocks(n, p)
     assert abs(len(chosen) - n * p) < 1  # the realised proportion is as close as whole blocks allow
+    assert len(chosen) == math.floor(round(p * (n - 1), 9)) + 1  # as the docs state it
     assert chosen[0] == 1
     gaps = {b - a for a, b in zip(chosen, chosen[1:])}
     assert max(gaps, default=1) - min(gaps, default=1) <= 1  # as even as integers allow
