@@ -67,7 +67,7 @@ class DatasetConfig:
     index: str = ""  # a data_index/ folder an earlier run wrote: reuse its exact splits instead of drawing them
     top5: bool = False  # also count top-5 errors in evaluation (on for ImageNet); ignored below 10 classes
     # fb.resnet.torch's colour augmentation of training images (ImageFolder datasets; 0 turns a part off):
-    color_jitter: float = 0.0  # brightness, contrast and saturation factors from 1 +- this, in random order (0.4)
+    color_jitter: float = 0.0  # brightness, contrast and saturation blend factors from 1 +- this (0.4)
     lighting: float = 0.0  # std of AlexNet's PCA lighting noise (0.1)
 
 

@@ -21,7 +21,6 @@ PCA_EIGVEC = ((-0.5675, 0.7192, 0.4009),
               (-0.5808, -0.0045, -0.8140),
               (-0.5836, -0.6948, 0.4203))
 LUMA = (0.299, 0.587, 0.114)  # the grayscale that contrast and saturation blend towards
-NUM_PARAMS = 6  # the brightness, contrast and saturation blend factors, then the three PCA weights
 
 
 @dataclass(frozen=True)
@@ -33,7 +32,8 @@ class ColorAugment:
     lighting: float
 
     def draw(self) -> torch.Tensor:
-        """One image's parameters, from torch's global generator."""
+        """One image's parameters, from torch's global generator: the brightness, contrast and saturation blend
+        factors, then the three PCA weights."""
         factors = 1.0 + (torch.rand(3) * 2.0 - 1.0) * self.jitter
         weights = torch.randn(3) * self.lighting
         return torch.cat([factors, weights])

@@ -84,15 +84,18 @@ def train_positions(n: int, batch_size: int, *, rank: int = 0, world_size: int =
     one image per rank, because BatchNorm cannot train on a single image (it is another image every epoch); this
     is the one case where N processes train on one batch fewer than one process.
     """
-    usable = n // world_size * world_size
-    global_batch = batch_size * world_size
-    full = usable // global_batch * global_batch
-    positions = torch.arange(usable)
-    tail = positions[full:]  # a last, smaller global batch (its size divides world_size): split evenly too
-    per_rank = len(tail) // world_size
-    per_rank = 0 if per_rank == 1 and batch_size > 1 else per_rank
+    share = train_share(n, batch_size, world_size)
+    full = share // batch_size * batch_size * world_size  # the positions of the full global batches
+    tail = share % batch_size  # this rank's part of a last, smaller global batch
+    positions = torch.arange(full + tail * world_size)
     return torch.cat([positions[:full].view(-1, world_size, batch_size)[:, rank].reshape(-1),
-                      tail[rank * per_rank:(rank + 1) * per_rank]])
+                      positions[full + rank * tail:full + (rank + 1) * tail]])
+
+
+def train_share(n: int, batch_size: int, world_size: int = 1) -> int:
+    """Images one rank trains on in an epoch: its equal share of ``n``, less a last batch of a single image."""
+    share = n // world_size
+    return share - 1 if batch_size > 1 and share % batch_size == 1 else share
 
 
 def shard_positions(n: int, batch_size: int, *, train: bool, rank: int = 0, world_size: int = 1) -> torch.Tensor:
@@ -105,10 +108,7 @@ def shard_positions(n: int, batch_size: int, *, train: bool, rank: int = 0, worl
 
 def shard_size(n: int, batch_size: int, *, train: bool, rank: int = 0, world_size: int = 1) -> int:
     """``len(shard_positions(n, batch_size, ...))`` without building it."""
-    if not train:
-        return len(range(rank, n, world_size))
-    per_rank = n // world_size
-    return per_rank - 1 if per_rank % batch_size == 1 and batch_size > 1 else per_rank
+    return train_share(n, batch_size, world_size) if train else len(range(rank, n, world_size))
 
 
 def normaliser(mean: Sequence[float], std: Sequence[float], channels: int,
