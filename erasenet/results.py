@@ -25,10 +25,10 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from .config import with_schema_defaults
-from .records import (failure_of, final_train_error, finite, format_mean_std, format_p, group_of, is_ok,
+from .common.config import with_schema_defaults
+from .common.records import (failure_of, final_train_error, finite, format_mean_std, format_p, group_of, is_ok,
                       mean_std, override_key, proportion_of, run_group, split_overrides)
-from .stats import Welch, welch
+from .reports.stats import Welch, welch
 
 METRICS = (  # (result key, column title)
     ("test_error", "test error (%)"),
@@ -312,8 +312,8 @@ def to_csv(rows: list[dict]) -> str:
 def write_summary(root: Path) -> tuple[str, list[Path]]:
     """Aggregate every run below ``root`` into ``root/summary.md``, ``root/summary.csv`` and the plots beside them;
     return the table (with its notes) and the files written."""
-    from .atomic import atomic_write
-    from .plots import write_plots
+    from .common.atomic import atomic_write
+    from .reports.plots import write_plots
 
     root = Path(root)
     results = find_results(root)
@@ -343,7 +343,7 @@ def write_failure(run_dir: Path, job_return: JobReturn) -> None:
     elif job_return.status == JobStatus.FAILED and not (Path(run_dir) / "result.json").exists():
         err = job_return._return_value
         reason = f"{type(err).__name__}: {err}".strip().rstrip(":")
-        from .atomic import atomic_write
+        from .common.atomic import atomic_write
 
         Path(run_dir).mkdir(parents=True, exist_ok=True)
         record = {"status": "failed", "failure": reason, "overrides": list(job_return.overrides or [])}

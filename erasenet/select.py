@@ -15,10 +15,10 @@ import math
 import sys
 from pathlib import Path
 
-from .errors import UserError
-from .records import family_of, format_p, format_values, is_ok, mean_std, proportion_of
+from .common.errors import UserError
+from .common.records import family_of, format_p, format_values, is_ok, mean_std, proportion_of
 from .results import find_results
-from .stats import welch
+from .reports.stats import welch
 
 PAPER_CANDIDATES = (0.25, 0.5, 0.75, 1.0)  # EraseReLU Sec. 4: selected from {25, 50, 75, 100}% on validation
 LEVEL = 0.05  # the significance level of "beats p=0"

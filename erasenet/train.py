@@ -12,13 +12,15 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from .config import check_config, register_configs
-from .errors import UserError
-from .job import job_context, refuse
-from .hydra_errors import exit_if_config_error, reporting_config_errors
-from .preemption import Interrupted
+from .cli.help import register_help_resolver
+from .cli.hydra_errors import exit_if_config_error, reporting_config_errors
+from .cli.job import job_context, refuse
+from .common.config import check_config, register_configs
+from .common.errors import UserError
+from .training.preemption import Interrupted
 
 register_configs()
+register_help_resolver()
 log = logging.getLogger("erasenet")
 
 
@@ -26,7 +28,7 @@ log = logging.getLogger("erasenet")
 def main(cfg: DictConfig) -> float | None:
     try:
         check_config(cfg)
-        from .run import train_run  # torch and friends: only once the config is known to be good
+        from .training.run import train_run  # torch and friends: only once the config is known to be good
 
         out_dir, overrides, group = job_context()
         result = train_run(cfg, out_dir, overrides=overrides, group=group)

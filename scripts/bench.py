@@ -4,14 +4,14 @@
     python scripts/bench.py --device cpu --quick --json bench.json
 
 Every figure is taken after a warm-up, with synchronized timing, under the torch settings a run uses
-(``erasenet.accel.apply_torch_settings``: cuDNN autotuning, TF32), on synthetic data of the real shapes:
+(``erasenet.training.accel.apply_torch_settings``: cuDNN autotuning, TF32), on synthetic data of the real shapes:
 
 - loader: images/s of torchvision's PIL pipeline (Dataset + RandomCrop(32, 4) + RandomHorizontalFlip + ToTensor +
   Normalize, DataLoader with the workers a real script uses) against erasenet's TensorLoader, CIFAR-shaped;
 - CIFAR ResNets, training images/s: (a) that PIL pipeline with an fp32 eager model and a plain loop;
   (b32) erasenet's loop with amp off (fp32, TF32 on a GPU); (b) erasenet's default path (``trainer.amp=auto``);
   (f) ``trainer=fast`` (amp, channels_last, torch.compile with CUDA graphs; GPU only, compile time apart);
-  (c) five seeds trained together (erasenet.concurrent), per-seed throughput summed;
+  (c) five seeds trained together (erasenet.training.concurrent), per-seed throughput summed;
 - the quickstart's model (ResNet-20 on 8x8 digits, batch 64): five seeds together against five one after another;
 - ImageNet ResNet-50 at batch 256 (GPU only): the bare model's step and erasenet's loop (TensorLoader on the GPU,
   engine.train_one_epoch) in bf16 and in fp32, images/s and peak memory;
@@ -38,11 +38,11 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
-from erasenet.accel import Accel, apply_torch_settings, build_accel, prepare_model, resolve_amp
-from erasenet.concurrent import StackedLoader, StackedModels, with_seed
+from erasenet.training.accel import Accel, apply_torch_settings, build_accel, prepare_model, resolve_amp
+from erasenet.training.concurrent import StackedLoader, StackedModels, with_seed
 from erasenet.data import TensorLoader
 from erasenet.data.splits import Split
-from erasenet.engine import build_optimizer, build_scheduler, train_one_epoch
+from erasenet.training.engine import build_optimizer, build_scheduler, train_one_epoch
 from erasenet.models import create_model
 
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
@@ -57,7 +57,7 @@ def trainer_config(*overrides: str) -> DictConfig:
     """The ``trainer`` config a run composes from ``overrides`` (e.g. ``trainer=fast``); read only."""
     from hydra import compose, initialize_config_module
 
-    from erasenet.config import register_configs
+    from erasenet.common.config import register_configs
 
     register_configs()
     with initialize_config_module(config_module="erasenet.conf", version_base=None):

@@ -13,7 +13,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_module
 
-from erasenet.config import register_configs
+from erasenet.common.config import register_configs
 
 torch.set_num_threads(2)
 register_configs()

@@ -94,7 +94,7 @@ def test_a_sweep_writes_files_with_the_users_umask(tmp_path):
 
 
 def test_atomic_write_follows_the_umask(tmp_path):
-    from erasenet.checkpoint import atomic_write
+    from erasenet.training.checkpoint import atomic_write
 
     old = os.umask(0o027)
     try:
@@ -135,7 +135,7 @@ def test_help_describes_the_main_keys_and_wraps_every_list(tmp_path):
 def test_a_missing_launcher_plugin_says_what_to_install():
     from hydra.errors import MissingConfigException
 
-    from erasenet.hydra_errors import explain
+    from erasenet.cli.hydra_errors import explain
 
     # what Hydra raises for hydra/launcher=parallel when hydra-joblib-launcher is not installed
     err = MissingConfigException("In 'hydra/launcher/parallel': Could not load 'hydra/launcher/joblib'.",

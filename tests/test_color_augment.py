@@ -4,11 +4,11 @@ import pytest
 import torch
 
 from dataset_formats import write_image_folder
-from erasenet.config import check_config
+from erasenet.common.config import check_config
 from erasenet.data import build_loaders
 from erasenet.data.color import PCA_EIGVAL, PCA_EIGVEC, ColorAugment, color_augment
-from erasenet.errors import UserError
-from erasenet.run import train_run
+from erasenet.common.errors import UserError
+from erasenet.training.run import train_run
 
 
 def _fb_reference(image: torch.Tensor, params: torch.Tensor) -> torch.Tensor:

@@ -13,9 +13,9 @@ import torch.multiprocessing as mp
 import torch.nn as nn
 from omegaconf import OmegaConf
 
-from erasenet import build
-from erasenet.accel import Accel, Compiled
-from erasenet.distributed import Dist
+from erasenet.training import build
+from erasenet.training.accel import Accel, Compiled
+from erasenet.training.distributed import Dist
 
 
 def _free_port() -> int:

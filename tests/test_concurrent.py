@@ -12,14 +12,14 @@ import pytest
 import torch
 
 from conftest import run_cli
-from erasenet.checkpoint import list_checkpoints, load_checkpoint
-from erasenet.concurrent import (StackedLoader, StackedModels, generator_state, member_optimizer_state,
+from erasenet.training.checkpoint import list_checkpoints, load_checkpoint
+from erasenet.training.concurrent import (StackedLoader, StackedModels, generator_state, member_optimizer_state,
                                  stacked_optimizer_state, with_seed)
-from erasenet.launcher import plan_batches
+from erasenet.cli.launcher import plan_batches
 from erasenet.models import create_model
-from erasenet.preemption import Interrupted
+from erasenet.training.preemption import Interrupted
 from erasenet.results import find_results, summarize
-from erasenet.run import train_run, train_runs
+from erasenet.training.run import train_run, train_runs
 from tiny_training import (CPU, ListLoader, assert_same_weights, digits, double_batches, resnet,  # noqa: F401
                            schedule, small_loader, train)
 

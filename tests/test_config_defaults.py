@@ -8,7 +8,7 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
-from erasenet.config import Config, DatasetConfig, EraseConfig, ScheduleConfig, TrainerConfig
+from erasenet.common.config import Config, DatasetConfig, EraseConfig, ScheduleConfig, TrainerConfig
 
 CONF = Path(__file__).resolve().parents[1] / "erasenet" / "conf"
 GROUPS = {"dataset": DatasetConfig, "erase": EraseConfig, "schedule": ScheduleConfig, "trainer": TrainerConfig}

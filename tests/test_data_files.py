@@ -10,7 +10,7 @@ from conftest import write_cifar
 from dataset_formats import write_mnist, write_svhn
 from erasenet.data import load_splits
 from erasenet.data.files import require_files
-from erasenet.errors import UserError
+from erasenet.common.errors import UserError
 
 
 def load(make_cfg, dataset, root):

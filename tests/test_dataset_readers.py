@@ -9,8 +9,8 @@ import torch
 from conftest import write_cifar
 from dataset_formats import write_mnist, write_svhn
 from erasenet.data import build_loaders, load_splits
-from erasenet.errors import UserError
-from erasenet.run import train_run
+from erasenet.common.errors import UserError
+from erasenet.training.run import train_run
 
 
 def test_cifar10_reader(tmp_path, make_cfg):

@@ -8,14 +8,14 @@ import sys
 import torch
 
 from conftest import REPO
-from erasenet.build import build_model, schedule_per_process
-from erasenet.checkpoint import list_checkpoints, load_checkpoint
+from erasenet.training.build import build_model, schedule_per_process
+from erasenet.training.checkpoint import list_checkpoints, load_checkpoint
 from erasenet.data import build_loaders
 from erasenet.data.loader import TensorLoader
 from erasenet.data.splits import Split
-from erasenet.distributed import first_host, launch_env
-from erasenet.engine import evaluate
-from erasenet.run import train_run
+from erasenet.training.distributed import first_host, launch_env
+from erasenet.training.engine import evaluate
+from erasenet.training.run import train_run
 
 # no batch norm: per-process batch statistics would differ from one process's (SyncBatchNorm needs a GPU build);
 # val_size=181 leaves 1,256 training images (even) and an odd validation split, so ranks evaluate unequal shares

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from erasenet.erase import ErasePolicy, apply_erase, plan_erase, select_blocks
 from erasenet.models import block_sites, create_model
-from erasenet.rectifiers import count_relus
+from erasenet.erase.rectifiers import count_relus
 
 
 def test_paper_examples():
@@ -78,7 +78,7 @@ def test_location_a_block_lacks_is_refused():
 
 
 def test_run_directory_names_stay_short_and_distinct():
-    from erasenet.config import run_dirname
+    from erasenet.common.config import run_dirname
 
     assert run_dirname("erase.proportion=0.5,seed=1") == "erase.proportion=0.5,seed=1"
     assert run_dirname("") == "defaults"
@@ -89,7 +89,8 @@ def test_run_directory_names_stay_short_and_distinct():
 
 
 def test_erase_owns_its_replacements_and_the_config_accepts_the_same():
-    from erasenet import config, erase
+    from erasenet import erase
+    from erasenet.common import config
 
     assert tuple(erase.REPLACEMENTS) == tuple(config.REPLACEMENTS)  # config validates before torch is imported
 
@@ -99,9 +100,9 @@ def test_the_bottom_layer_loads_no_config_hydra_or_training_module():
     import subprocess
     import sys
 
-    code = ("import sys, erasenet.models, erasenet.erase, erasenet.rectifiers, erasenet.graph_sites; "
+    code = ("import sys, erasenet.models, erasenet.erase, erasenet.erase.rectifiers, erasenet.erase.graph_sites; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('hydra', 'omegaconf') or m in "
-            "('erasenet.config', 'erasenet.train', 'erasenet.run', 'erasenet.engine', 'erasenet.concurrent')))")
+            "('erasenet.common.config', 'erasenet.train', 'erasenet.training.run', 'erasenet.training.engine', 'erasenet.training.concurrent')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 
@@ -121,8 +122,8 @@ def test_describe_an_architecture_without_training(capsys):
 
 
 def test_fixed_sites_turn_every_relu_layer_into_a_prelu(make_cfg):
-    from erasenet.build import build_model
-    from erasenet.rectifiers import rectifier_calls
+    from erasenet.training.build import build_model
+    from erasenet.erase.rectifiers import rectifier_calls
 
     blocks_only = create_model("resnet20")
     record = apply_erase(blocks_only, ErasePolicy("all", 1.0, "prelu"))

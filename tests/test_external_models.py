@@ -12,10 +12,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from erasenet.erase import ErasePolicy, apply_erase, plan_erase, select_blocks
-from erasenet.errors import UserError
-from erasenet.graph_sites import AnalysisError, analyse
+from erasenet.common.errors import UserError
+from erasenet.erase.graph_sites import AnalysisError, analyse
 from erasenet.models import builder_options, create_model
-from erasenet.rectifiers import count_relus
+from erasenet.erase.rectifiers import count_relus
 
 # (library, arch, activation): blocks, sites inside blocks, fixed sites (stem/head), sites per block
 FAMILIES = {
@@ -254,7 +254,7 @@ def test_other_activation_classes_can_be_named():
 # --- weights, configs, missing timm ------------------------------------------------------------------------------
 
 def test_local_weights_load_strictly_before_erasing(tmp_path, make_cfg, caplog):
-    from erasenet.build import build_model
+    from erasenet.training.build import build_model
 
     torch.manual_seed(1)
     source = create_model("torchvision", num_classes=10, in_chans=1, arch="resnet18")
@@ -289,7 +289,7 @@ def test_external_configs_name_every_builder_option():
 
 
 def test_without_timm_the_error_says_how_to_install_it(monkeypatch, make_cfg):
-    from erasenet.build import build_model
+    from erasenet.training.build import build_model
 
     monkeypatch.setitem(sys.modules, "timm", None)  # what an environment without timm gives on import
     with pytest.raises(UserError, match=r"pip install 'erasenet\[timm\]'"):
@@ -297,7 +297,7 @@ def test_without_timm_the_error_says_how_to_install_it(monkeypatch, make_cfg):
 
 
 def test_finetune_schedule_decays_by_cosine(make_cfg):
-    from erasenet.engine import lr_factor
+    from erasenet.training.engine import lr_factor
 
     schedule = make_cfg("schedule=finetune").schedule
     assert schedule.decay == "cosine" and schedule.lr < 0.1 and schedule.epochs <= 20
@@ -317,7 +317,7 @@ TRAIN = ("dataset=digits", "schedule=quick", "schedule.epochs=2", "schedule.lr=0
 
 def test_torchvision_resnet18_trains_on_digits_erased_and_not(make_cfg, tmp_path):
     from erasenet.results import write_summary
-    from erasenet.run import train_run
+    from erasenet.training.run import train_run
 
     threads = torch.get_num_threads()
     try:
@@ -349,7 +349,7 @@ def test_safetensors_weights_load_too(tmp_path):
 
 
 def test_erased_external_members_stack_for_concurrent_seeds():
-    from erasenet.concurrent import StackedModels
+    from erasenet.training.concurrent import StackedModels
 
     models = []
     for seed in (0, 1):

@@ -11,13 +11,13 @@ import pytest
 import torch
 import torch.nn as nn
 
-from erasenet.accel import (CUBLAS_WORKSPACE, Accel, CudaGraphTraining, apply_torch_settings, build_accel,
+from erasenet.training.accel import (CUBLAS_WORKSPACE, Accel, CudaGraphTraining, apply_torch_settings, build_accel,
                             compile_mode_for, prepare_model, resolve_amp)
 from erasenet.data import TensorLoader
 from erasenet.data.folder_loader import ImageTransform
 from erasenet.data.digits import load_digits_splits
-from erasenet.engine import build_optimizer, build_scheduler, evaluate, train_one_epoch
-from erasenet.errors import UserError
+from erasenet.training.engine import build_optimizer, build_scheduler, evaluate, train_one_epoch
+from erasenet.common.errors import UserError
 from erasenet.models import create_model
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
@@ -80,7 +80,7 @@ def restore_torch_settings():
 
 
 def test_deterministic_flag_sets_every_switch(restore_torch_settings, make_cfg, monkeypatch):
-    from erasenet.run import configure_torch
+    from erasenet.training.run import configure_torch
 
     monkeypatch.delenv(CUBLAS_WORKSPACE[0], raising=False)
     configure_torch(make_cfg("trainer.deterministic=true").trainer)
@@ -106,7 +106,7 @@ def test_a_run_trains_in_deterministic_mode_and_records_fp32_evaluation(restore_
                                                                          tmp_path):
     """Every op of a real run has a deterministic kernel (or the run would raise), and result.json says how it
     evaluated."""
-    from erasenet.run import train_run
+    from erasenet.training.run import train_run
 
     cfg = make_cfg("dataset=digits", "schedule=quick", "schedule.epochs=1", "trainer.deterministic=true",
                    "trainer.tensorboard=false", "trainer.checkpoint=false")

@@ -9,11 +9,11 @@ import torch
 
 from conftest import run_cli
 from dataset_formats import write_image_folder
-from erasenet.config import check_config
+from erasenet.common.config import check_config
 from erasenet.data import build_loaders
 from erasenet.data.imagefolder import build_folder_splits, nested_subset, read_index
-from erasenet.errors import UserError
-from erasenet.run import train_run
+from erasenet.common.errors import UserError
+from erasenet.training.run import train_run
 
 
 def _folder_cfg(make_cfg, path, *extra, dataset="imagenet"):

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from erasenet.distributed import Dist, first_host, gpu_index, launch_env, setup, shared_devices
-from erasenet.errors import UserError
+from erasenet.training.distributed import Dist, first_host, gpu_index, launch_env, setup, shared_devices
+from erasenet.common.errors import UserError
 
 # What a job's processes see, as printed by `env` on a Slurm 22.05 node (a job started with sbatch --ntasks=2)
 BATCH_SCRIPT = {"SLURM_JOB_ID": "41", "SLURM_JOB_NODELIST": "gpu[03-04]", "SLURM_JOB_NUM_NODES": "2",

@@ -8,8 +8,8 @@ import pytest
 import torch
 from hydra import compose, initialize_config_module
 
-from erasenet.build import build_model
-from erasenet.config import check_config
+from erasenet.training.build import build_model
+from erasenet.common.config import check_config
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "erasenet" / "conf" / "experiment"

@@ -6,7 +6,7 @@ import subprocess
 import pytest
 
 import erasenet
-from erasenet.provenance import git_state, provenance
+from erasenet.common.provenance import git_state, provenance
 
 
 def test_command_line_and_version_are_recorded(monkeypatch):

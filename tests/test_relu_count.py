@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from erasenet.erase import ErasePolicy, apply_erase
 from erasenet.models import create_model
-from erasenet.rectifiers import count_relus, rectifier_calls
+from erasenet.erase.rectifiers import count_relus, rectifier_calls
 
 
 def _meta(name: str, **kwargs) -> nn.Module:

@@ -14,7 +14,7 @@ import pytest
 from omegaconf import OmegaConf
 from PIL import Image
 
-from erasenet.errors import UserError
+from erasenet.common.errors import UserError
 from erasenet.results import main as results_main
 from erasenet.results import summarize, find_results, find_incomplete, to_csv, write_summary
 from erasenet.select import main as select_main
@@ -123,7 +123,7 @@ def test_tensorboard_tags_hparams_and_macs_of_a_real_run(tmp_path, make_cfg):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     from tensorboard.plugins.hparams import plugin_data_pb2
 
-    from erasenet.run import train_run
+    from erasenet.training.run import train_run
 
     overrides = ["model=mlp", "erase.proportion=0.5", "seed=1"]
     cfg = make_cfg("dataset=digits", "schedule=quick", "schedule.epochs=1", "trainer.checkpoint=false", *overrides)
@@ -190,7 +190,7 @@ def test_selection_errors(tmp_path, capsys):
 
 
 def test_plot_labels_keep_only_what_differs():
-    from erasenet.plots import short_labels
+    from erasenet.reports.plots import short_labels
 
     labels, common = short_labels(["erase.proportion=0,schedule.milestones=[2,3]", "erase.proportion=1,"
                                    "schedule.milestones=[2,3]"])
@@ -252,7 +252,7 @@ def test_relus_column_and_pareto_plot(significance_sweep):
 
 
 def test_pareto_plot_draws_error_against_relus(significance_sweep):
-    from erasenet.plots import plot_pareto
+    from erasenet.reports.plots import plot_pareto
 
     fig = plot_pareto(find_results(significance_sweep), significance_sweep / "pareto.png")
     (ax,) = fig.axes
@@ -376,7 +376,7 @@ def test_console_shows_the_table_and_the_files_written_not_image_links(paper_swe
 
 
 def test_proportion_plot_shows_error_with_bars_clipped_and_says_what_was_swept(tmp_path):
-    from erasenet.plots import plot_proportions
+    from erasenet.reports.plots import plot_proportions
 
     for seed, test in enumerate([90.0, 99.5]):  # mean 94.75, std 6.7: a bar that would reach above 100
         write_run(tmp_path, ["erase.proportion=1", f"seed={seed}"], test=test, model="mlp12", dataset="mnist")
@@ -394,8 +394,8 @@ def test_proportion_plot_shows_error_with_bars_clipped_and_says_what_was_swept(t
 
 
 def test_curves_are_readable_at_the_end_and_uncluttered_with_many_configurations(tmp_path):
-    from erasenet.plots import MANY_CONFIGS, plot_curves
-    from erasenet.records import read_metrics
+    from erasenet.reports.plots import MANY_CONFIGS, plot_curves
+    from erasenet.common.records import read_metrics
 
     few = {f"erase.proportion={p}": [read_metrics(write_run(tmp_path, [f"erase.proportion={p}", f"seed={s}"],
                                                             test=1.0, epochs=12)) for s in range(2)] for p in (0, 1)}
@@ -421,7 +421,7 @@ def test_tensorboard_marks_swept_hyperparameters_as_differing(tmp_path, make_cfg
     from tensorboard.plugins.hparams import backend_context
     from torch.utils.tensorboard import SummaryWriter
 
-    from erasenet.tblog import write_hparams
+    from erasenet.reports.tblog import write_hparams
 
     for p in (0.0, 0.5):
         overrides = ["model=mlp", f"erase.proportion={p}", "seed=1"]

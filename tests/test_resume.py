@@ -14,11 +14,11 @@ import pytest
 import torch
 
 from conftest import REPO
-from erasenet.checkpoint import list_checkpoints, load_checkpoint
-from erasenet.errors import UserError
+from erasenet.training.checkpoint import list_checkpoints, load_checkpoint
+from erasenet.common.errors import UserError
 from erasenet.results import summarize
-from erasenet.run import train_run
-from erasenet.runfiles import check_writable
+from erasenet.training.run import train_run
+from erasenet.training.runfiles import check_writable
 
 # Dropout and random crops draw from the RNGs a resume must restore; checkpoint_every_min is tiny, so a checkpoint
 # is written at every check (every 2 steps): a kill lands between checkpoints in the middle of an epoch.
@@ -137,7 +137,7 @@ def test_ctrl_c_writes_a_checkpoint_says_so_in_one_line_and_exits_130_then_resum
 
 
 def test_a_second_ctrl_c_stops_at_once():
-    from erasenet.preemption import StopSignals
+    from erasenet.training.preemption import StopSignals
 
     with StopSignals() as stop:
         os.kill(os.getpid(), signal.SIGINT)
@@ -199,7 +199,7 @@ def _as_recorded_before(config: dict) -> dict:
 
 
 def test_runs_recorded_before_a_knob_existed_still_match(tmp_path, make_cfg, caplog):
-    from erasenet.checkpoint import save_checkpoint
+    from erasenet.training.checkpoint import save_checkpoint
 
     cfg = make_cfg(*QUICK, "schedule.epochs=2")
     first = train_run(cfg, tmp_path)
@@ -259,7 +259,7 @@ def test_resume_never_starts_afresh_and_replaces_the_earlier_files(tmp_path, mak
 
 def test_stop_signals_hand_the_signal_to_the_earlier_handler():
     """submitit's requeue is a handler installed before ours: after the checkpoint it gets the signal."""
-    from erasenet.preemption import StopSignals
+    from erasenet.training.preemption import StopSignals
 
     received = []
     before = signal.signal(signal.SIGUSR1, lambda signum, frame: received.append(signum))

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from erasenet.models import Block, declared_sites, list_models
 from erasenet.models.zoo import measure
-from erasenet.rectifiers import contract_violations, rectifier_calls
+from erasenet.erase.rectifiers import contract_violations, rectifier_calls
 
 
 @pytest.mark.parametrize("name", list_models())

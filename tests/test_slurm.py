@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from conftest import REPO, run_cli
-from erasenet.checkpoint import list_checkpoints, load_checkpoint
+from erasenet.training.checkpoint import list_checkpoints, load_checkpoint
 
 
 def _cluster_answers() -> bool:

@@ -8,9 +8,9 @@ import torch
 import torch.nn.functional as F
 
 from conftest import run_cli
-from erasenet.accel import Accel, compile_model, to_channels_last
+from erasenet.training.accel import Accel, compile_model, to_channels_last
 from erasenet.data import TensorLoader
-from erasenet.engine import build_optimizer, evaluate
+from erasenet.training.engine import build_optimizer, evaluate
 from tiny_training import (CPU, assert_same_weights, digits, double_batches, resnet, schedule,  # noqa: F401
                            small_loader, train)
 

@@ -5,8 +5,8 @@ import json
 import torch
 import torch.nn as nn
 
-from erasenet.engine import evaluate
-from erasenet.run import train_run
+from erasenet.training.engine import evaluate
+from erasenet.training.run import train_run
 
 
 def test_evaluate_counts_top5_errors_as_by_hand():

@@ -10,7 +10,7 @@ import torch
 
 from conftest import run_cli, write_cifar
 from erasenet.results import find_results, summarize, write_summary
-from erasenet.run import train_run
+from erasenet.training.run import train_run
 
 TINY = ("dataset=digits", "schedule=quick", "schedule.epochs=3", "schedule.milestones=[2]", "trainer.tensorboard=true")
 
@@ -132,7 +132,7 @@ def test_cuda_without_gpu_is_refused(tmp_path):
 
 
 def test_lr_factor_warms_up_linearly_then_steps_at_the_milestones(make_cfg):
-    from erasenet.engine import lr_factor
+    from erasenet.training.engine import lr_factor
 
     s = make_cfg("schedule=quick", "schedule.lr=0.1", "schedule.warmup_iters=4", "schedule.warmup_lr=0.02",
                  "schedule.warmup=linear", "schedule.milestones=[2]", "schedule.gamma=0.1").schedule
@@ -152,8 +152,8 @@ def _sgd_step_without_gradient(optimizer):
 
 
 def test_prelu_slopes_escape_weight_decay_only_when_asked(make_cfg):
-    from erasenet.concurrent import StackedModels, member_optimizer_state, stacked_optimizer_state
-    from erasenet.engine import build_optimizer
+    from erasenet.training.concurrent import StackedModels, member_optimizer_state, stacked_optimizer_state
+    from erasenet.training.engine import build_optimizer
     from erasenet.erase import ErasePolicy, apply_erase
     from erasenet.models import create_model
 

@@ -10,13 +10,13 @@ import torch
 import torch.nn as nn
 import torchvision
 
-from erasenet.build import build_model
+from erasenet.training.build import build_model
 from erasenet.erase import ErasePolicy, apply_erase, select_blocks
-from erasenet.errors import UserError
+from erasenet.common.errors import UserError
 from erasenet.models import block_sites, builder_options, create_model, iter_blocks, list_models
 from erasenet.models.residual import BasicBlock
 from erasenet.models.zoo import measure, render_table, splice_table
-from erasenet.run import train_run
+from erasenet.training.run import train_run
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -5,7 +5,7 @@ import torch
 
 from erasenet.data import TensorLoader
 from erasenet.data.digits import load_digits_splits
-from erasenet.engine import build_optimizer, build_scheduler, train_one_epoch
+from erasenet.training.engine import build_optimizer, build_scheduler, train_one_epoch
 from erasenet.models import create_model
 
 CPU = torch.device("cpu")

@@ -36,7 +36,7 @@ import torch
 import torch.nn as nn
 
 from ..erase import ErasePolicy, apply_erase
-from ..models.base import Block
+from ..erase.sites import Block
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING, Optional
 
 from omegaconf import DictConfig
 
-from ..config import IMAGE_FOLDER_DATASETS
-from ..errors import UserError
+from ..common.config import IMAGE_FOLDER_DATASETS
+from ..common.errors import UserError
 from .loader import TensorLoader
 from .splits import Split, Splits
 

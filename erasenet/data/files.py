@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-from ..errors import UserError
+from ..common.errors import UserError
 
 Locate = Callable[[Path, str], Optional[Path]]
 

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from ..errors import UserError
+from ..common.errors import UserError
 from .color import ColorAugment
 from .files import unreadable
 from .imagefolder import FileList

@@ -15,7 +15,7 @@ from typing import Optional
 import numpy as np
 from tqdm import tqdm
 
-from ..errors import UserError
+from ..common.errors import UserError
 from .splits import stratified_holdout
 
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png")

@@ -8,7 +8,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from ..errors import UserError
+from ..common.errors import UserError
 
 
 @dataclass

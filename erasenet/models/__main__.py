@@ -15,9 +15,9 @@ import torch
 import torch.nn as nn
 
 from ..erase import ErasePolicy, apply_erase, declares_sites, model_activations, plan_erase
-from ..graph_sites import analyse
-from ..rectifiers import count_relus
-from .base import fixed_sites, iter_blocks
+from ..erase.graph_sites import analyse
+from ..erase.rectifiers import count_relus
+from ..erase.sites import fixed_sites, iter_blocks
 from .registry import builder_options, create_model, input_shape, list_models
 from .zoo import render_table, splice_table
 

@@ -17,7 +17,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .base import Block, Head, Stem, init_weights, make_stage
+from ..erase.sites import Block
+from .base import Head, Stem, init_weights, make_stage
 from .registry import register_model
 from .residual import make_shortcut
 

@@ -4,7 +4,7 @@
 its own library; ``model.weights=PATH`` then loads a local state dict strictly. Nothing is ever downloaded: a
 pretrained file must already be on disk (torchvision keeps its downloads in ``$TORCH_HOME/hub/checkpoints``,
 timm in the Hugging Face cache, ``$HF_HOME/hub``). These networks declare no ReLU sites; the erase policy finds
-them from the network's graph (``erasenet.graph_sites``), counting the activation classes ``activation`` names.
+them from the network's graph (``erasenet.erase.graph_sites``), counting the activation classes ``activation`` names.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from ..graph_sites import resolve_activations
+from ..erase.graph_sites import resolve_activations
 from .registry import register_external
 
 log = logging.getLogger("erasenet")

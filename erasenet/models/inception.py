@@ -15,7 +15,8 @@ from collections import OrderedDict
 import torch
 import torch.nn as nn
 
-from .base import Block, Head, Stem, init_weights, make_stage
+from ..erase.sites import Block
+from .base import Head, Stem, init_weights, make_stage
 from .registry import register_model
 
 

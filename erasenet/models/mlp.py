@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .base import Block, init_weights
+from ..erase.sites import Block
+from .base import init_weights
 from .registry import register_model
 
 

@@ -12,7 +12,8 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
-from .base import Block, Head, Stem, init_weights, make_stage
+from ..erase.sites import Block
+from .base import Head, Stem, init_weights, make_stage
 from .registry import register_model
 from .residual import ResidualBlock, apply_stochastic_depth, make_shortcut
 

@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .base import Block, iter_blocks
+from ..erase.sites import Block, iter_blocks
 
 FORMS = ("pre", "post")
 KINDS = ("basic", "bottleneck")

@@ -4,7 +4,7 @@ Models are built and run on the ``meta`` device: shapes only, no memory and no a
 ResNet-1202 and the ImageNet ResNet-200s are measured in seconds. MACs are counted by
 ``torch.utils.flop_counter.FlopCounterMode`` (MACs = FLOPs / 2) for one image of the model's
 design input size; they cover convolutions and matrix products, not BN, ReLU, pooling or additions.
-ReLUs are the scalar ReLU evaluations of one image (``erasenet.rectifiers.count_relus``), unerased and with
+ReLUs are the scalar ReLU evaluations of one image (``erasenet.erase.rectifiers.count_relus``), unerased and with
 EraseReLU's location (``last``; ``first`` for pre-activation blocks, marked *) at p = 0.5 and 1.
 """
 
@@ -18,8 +18,8 @@ import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from ..erase import ErasePolicy, plan_erase, select_blocks
-from ..rectifiers import contract_violations, rectifier_calls
-from .base import block_sites, declared_sites, iter_blocks
+from ..erase.rectifiers import contract_violations, rectifier_calls
+from ..erase.sites import block_sites, declared_sites, iter_blocks
 from .registry import builder_options, create_model, input_shape, list_models
 
 PROPORTIONS = (0.25, 0.5, 1.0)

@@ -4,7 +4,7 @@ from dataclasses import dataclass
 
 from hydra.core.config_store import ConfigStore
 
-from erasenet.launcher import ConcurrentLauncher
+from erasenet.cli.launcher import ConcurrentLauncher
 
 
 class ErasenetLauncher(ConcurrentLauncher):

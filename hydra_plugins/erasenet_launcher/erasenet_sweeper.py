@@ -7,7 +7,7 @@ from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.config_store import ConfigStore
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
-from erasenet.sweep_check import check_sweep
+from erasenet.cli.sweep_check import check_sweep
 
 
 class ErasenetSweeper(BasicSweeper):

@@ -1,4 +1,4 @@
-"""Registers erasenet's Slurm launcher with Hydra: submitit's, with the additions of ``erasenet.slurm``."""
+"""Registers erasenet's Slurm launcher with Hydra: submitit's, with the additions of ``erasenet.cli.slurm``."""
 
 try:
     from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher
@@ -11,6 +11,6 @@ if SlurmLauncher is not None:
         """``hydra/launcher=slurm``: job states without sacct, and a sweep that reports its failed jobs."""
 
         def launch(self, job_overrides, initial_job_idx):
-            from erasenet.slurm import launch
+            from erasenet.cli.slurm import launch
 
             return launch(self, job_overrides, initial_job_idx)

@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from . import distributed
 from .build import Member, Run, build_run, configure_torch, progress_enabled
 from .concurrent import check_members
-from .config import IMAGE_FOLDER_DATASETS
+from ..common.config import IMAGE_FOLDER_DATASETS
 from .distributed import Dist
 from .engine import EpochState, NonFiniteLoss, Reduce, evaluate, resolve_device, train_one_epoch
 from .preemption import Interrupted, StopSignals

@@ -10,8 +10,8 @@ from typing import Callable, Sequence
 
 from omegaconf import DictConfig
 
-from .config import check_config
-from .errors import UserError
+from ..common.config import check_config
+from ..common.errors import UserError
 from .hydra_errors import explain, paragraph
 
 

@@ -17,7 +17,7 @@ from omegaconf import DictConfig, ListConfig
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
 from omegaconf.nodes import BooleanNode, FloatNode, IntegerNode, StringNode
 
-from .errors import UserError
+from ..common.errors import UserError
 
 WIDTH = 100
 # Hydra launcher plugins that erasenet's launcher configs build on: {plugin config: erasenet's launcher}

@@ -15,11 +15,11 @@ import torch
 
 from . import distributed
 from .checkpoint import load_checkpoint, load_latest
-from .config import with_schema_defaults
+from ..common.config import with_schema_defaults
 from .concurrent import member_optimizer_state, stacked_optimizer_state
 from .engine import EpochState
-from .errors import UserError
-from .models import builder_options
+from ..common.errors import UserError
+from ..models import builder_options
 
 if TYPE_CHECKING:
     from .build import Run

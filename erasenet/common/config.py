@@ -180,10 +180,6 @@ def register_configs() -> None:
     ConfigStore.instance().store(name="base_config", node=Config)
     if not OmegaConf.has_resolver("erasenet.dirname"):
         OmegaConf.register_new_resolver("erasenet.dirname", run_dirname)
-    if not OmegaConf.has_resolver("erasenet.config_groups"):  # --help's wrapped list of every group's options
-        from .help import config_groups_text
-
-        OmegaConf.register_new_resolver("erasenet.config_groups", config_groups_text)
 
 
 def _fail(problem: str, fix: str) -> None:

@@ -1,7 +1,7 @@
 """The erase policy: which blocks, which ReLU site in each, and what replaces it.
 
-It knows no architecture. A zoo model declares its sites (the ReLU-site contract of ``erasenet.models.base``);
-any other network is analysed from its computation graph (``erasenet.graph_sites``).
+It knows no architecture. A zoo model declares its sites (the ReLU-site contract of ``erasenet.erase.sites``);
+any other network is analysed from its computation graph (``erasenet.erase.graph_sites``).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Sequence
 import torch.nn as nn
 
 from . import graph_sites
-from .models.base import declared_sites, fixed_sites, iter_blocks
+from .sites import declared_sites, fixed_sites, iter_blocks
 from .rectifiers import rectifier_calls
 
 # What an erased site becomes: nothing (EraseReLU), or a PReLU with learned slopes initialised at 0.25: one per
@@ -176,7 +176,7 @@ def apply_erase(model: nn.Module, policy: ErasePolicy, activations: Sequence | N
     """Swap the chosen ReLU sites of ``model`` in place; return the record of what changed.
 
     A zoo model's sites are the ``nn.ReLU`` modules its blocks declare. Any other network is analysed from its
-    graph (``erasenet.graph_sites``); there ``activations`` (classes, ``relu``/``relu6`` or dotted class names)
+    graph (``erasenet.erase.graph_sites``); there ``activations`` (classes, ``relu``/``relu6`` or dotted class names)
     says which activation calls are sites, by default the model's ``site_activations`` or ``nn.ReLU``.
     ``input_shape`` (C, H, W of one input) is needed by ``replace="prelu_channel"`` only.
     """

@@ -20,7 +20,7 @@ from pathlib import Path
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, MaxNLocator
 
-from .records import family_of, finite, group_of, is_ok, mean_std, proportion_of, read_metrics, split_overrides
+from ..common.records import family_of, finite, group_of, is_ok, mean_std, proportion_of, read_metrics, split_overrides
 
 STYLES = (("train", "-"), ("val", ":"), ("test", "--"))
 MANY_CONFIGS = 6  # above this, the overview panels draw test curves only, without bands

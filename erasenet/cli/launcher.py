@@ -2,7 +2,7 @@
 
 ``python -m erasenet.train -m model=resnet20 seed=0,1,2,3,4 trainer.concurrent=5`` composes five jobs as
 usual; this launcher groups the jobs whose overrides differ only in ``seed`` into batches of up to
-``trainer.concurrent`` and trains each batch as one group of runs (``erasenet.run.train_runs``). Every job still gets
+``trainer.concurrent`` and trains each batch as one group of runs (``erasenet.training.run.train_runs``). Every job still gets
 its ordinary run directory (``.hydra/``, ``result.json``, ...) and the sweep its summary. With
 ``trainer.concurrent=1`` (the default) it launches jobs one by one, like Hydra's basic launcher.
 """
@@ -18,10 +18,10 @@ from hydra._internal.core_plugins.basic_launcher import BasicLauncher
 from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, run_job, setup_globals
 from omegaconf import DictConfig, open_dict
 
-from .config import check_config
-from .errors import UserError
-from .preemption import Interrupted
-from .records import override_key
+from ..common.config import check_config
+from ..common.errors import UserError
+from ..training.preemption import Interrupted
+from ..common.records import override_key
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ def plan_batches(job_overrides: Sequence[Sequence[str]], concurrent: Sequence[in
 
 
 class ConcurrentLauncher(BasicLauncher):
-    """Hydra's basic launcher, but seeds of one configuration train together (``erasenet.run.train_runs``)."""
+    """Hydra's basic launcher, but seeds of one configuration train together (``erasenet.training.run.train_runs``)."""
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         setup_globals()
@@ -93,7 +93,7 @@ class ConcurrentLauncher(BasicLauncher):
         for handler in [h for h in root.handlers if isinstance(h, logging.FileHandler)]:
             root.removeHandler(handler)
             handler.close()
-        from .run import train_runs
+        from ..training.run import train_runs
 
         try:
             cfgs, out_dirs, overrides, groups = map(list, zip(*prepared))

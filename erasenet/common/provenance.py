@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from . import __version__
+from .. import __version__
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 

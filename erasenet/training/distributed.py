@@ -18,7 +18,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from .errors import UserError
+from ..common.errors import UserError
 
 log = logging.getLogger("erasenet")
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
 
-from .errors import UserError
-from .records import run_group
+from ..common.errors import UserError
+from ..common.records import run_group
 
 
 def job_context() -> tuple[Path, list[str], str]:

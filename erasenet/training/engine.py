@@ -14,7 +14,7 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 from .accel import Accel
-from .errors import UserError
+from ..common.errors import UserError
 
 
 class NonFiniteLoss(RuntimeError):
@@ -73,7 +73,7 @@ def build_scheduler(optimizer: torch.optim.Optimizer, schedule: DictConfig,
 class EpochState:
     """Where a training epoch stands: steps taken and the running sums (on the device), so it can resume.
 
-    The sums are scalars, or one per member when a stack of K models trains (``erasenet.concurrent``).
+    The sums are scalars, or one per member when a stack of K models trains (``erasenet.training.concurrent``).
     """
 
     step: int

@@ -13,16 +13,16 @@ from typing import TYPE_CHECKING, Iterator
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from . import __version__
+from .. import __version__
 from .accel import accel_record
-from .atomic import atomic_write, save_json
+from ..common.atomic import atomic_write, save_json
 from .checkpoint import CHECKPOINT_DIR, save_run_checkpoint
-from .data import describe_splits
-from .erase import EraseRecord
-from .errors import UserError
-from .provenance import provenance
+from ..data import describe_splits
+from ..erase import EraseRecord
+from ..common.errors import UserError
+from ..common.provenance import provenance
 from .resume import TrainState
-from .tblog import scalar_tag, write_hparams
+from ..reports.tblog import scalar_tag, write_hparams
 
 if TYPE_CHECKING:
     from .build import Member, Run

@@ -1,6 +1,6 @@
 """Blocks and ReLU sites of any network, found from its computation graph (``torch.fx``).
 
-erasenet's own zoo declares its sites (``erasenet.models.base``). A network from torchvision, timm or a user's
+erasenet's own zoo declares its sites (``erasenet.erase.sites``). A network from torchvision, timm or a user's
 own code does not: torchvision's ``BasicBlock`` calls one ``self.relu`` twice. This module traces the network
 symbolically and reads its structure off the graph:
 

@@ -24,7 +24,7 @@ from typing import Any, Callable
 import torch
 import torch.nn as nn
 
-from .errors import UserError
+from ..common.errors import UserError
 
 log = logging.getLogger("erasenet")
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import textwrap
 from importlib.resources import files
 
+from omegaconf import OmegaConf
+
 WIDTH = 100
 LISTED_HYDRA_GROUPS = ("hydra/launcher",)  # erasenet's own launchers; Hydra's other groups are in --hydra-help
 
@@ -31,3 +33,9 @@ def config_groups_text(width: int = WIDTH) -> str:
     return "\n".join(textwrap.fill(", ".join(options), width, initial_indent=f"{group}:".ljust(indent),
                                    subsequent_indent=" " * indent, break_on_hyphens=False)
                      for group, options in groups.items())
+
+
+def register_help_resolver() -> None:
+    """``${erasenet.config_groups:}``, which the root config's help template (``--help``) expands."""
+    if not OmegaConf.has_resolver("erasenet.config_groups"):
+        OmegaConf.register_new_resolver("erasenet.config_groups", config_groups_text)

@@ -29,7 +29,7 @@ from hydra.core.utils import JobReturn, filter_overrides, setup_globals
 from omegaconf import OmegaConf
 from submitit.slurm.slurm import SlurmInfoWatcher, SlurmJob
 
-from .records import override_key, override_value, run_group
+from ..common.records import override_key, override_value, run_group
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +122,7 @@ def launch(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_id
     import submitit
     from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
 
-    from .results import SummaryCallback
+    from ..results import SummaryCallback
 
     setup_globals()
     params = dict(launcher.params)

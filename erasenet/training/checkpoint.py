@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from .atomic import atomic_write
+from ..common.atomic import atomic_write
 
 log = logging.getLogger("erasenet")
 

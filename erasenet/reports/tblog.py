@@ -13,7 +13,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from .records import override_key, override_value
+from ..common.records import override_key, override_value
 
 SPLITS = ("train", "val", "test")
 # Config keys every run's HParams entry carries, whether or not the command line set them.

@@ -19,14 +19,14 @@ from omegaconf import DictConfig, OmegaConf
 from . import distributed
 from .accel import Accel, Compiled, apply_torch_settings, build_accel, prepare_model, to_channels_last
 from .concurrent import StackedLoader, StackedModels, check_members, generator_state, with_seed
-from .config import MODEL_META_KEYS
-from .data import build_loaders
+from ..common.config import MODEL_META_KEYS
+from ..data import build_loaders
 from .distributed import Dist
 from .engine import build_optimizer, build_scheduler
-from .erase import EraseRecord, ErasePolicy, apply_erase
-from .errors import UserError
-from .models import builder_options, create_model, list_models
-from .rectifiers import count_relus
+from ..erase import EraseRecord, ErasePolicy, apply_erase
+from ..common.errors import UserError
+from ..models import builder_options, create_model, list_models
+from ..erase.rectifiers import count_relus
 from .resume import TrainState
 
 if TYPE_CHECKING:

@@ -23,8 +23,8 @@ import torch.nn as nn
 from omegaconf import DictConfig, OmegaConf
 from torch.func import functional_call, stack_module_state, vmap
 
-from .data import TensorLoader
-from .errors import UserError
+from ..data import TensorLoader
+from ..common.errors import UserError
 
 
 def draws_random(model: nn.Module) -> bool:

@@ -1,0 +1,1 @@
+"""Reports: results over seeds, Welch statistics, plots, the chosen proportion, TensorBoard records."""

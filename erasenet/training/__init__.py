@@ -1,0 +1,1 @@
+"""Training: the run driver, building and resuming a run, its files and checkpoints, the epoch loop, devices."""
