@@ -115,6 +115,9 @@ def test_results_cli_errors(tmp_path):
     (["schedule.lr=-1"], "lr > 0"),
     (["dataset=cifar10", "dataset.download=false"], "cifar-10-batches-py"),
     (["trainer.device=tpu"], "trainer.device='tpu'"),
+    (["seed=-1"], "seed=-1 is not a seed. seed chooses initialisation, data order and augmentation; it takes an "
+                  "integer from 0 to 4294967295"),
+    (["dataset.split_seed=4294967296"], "dataset.split_seed=4294967296 is not a seed."),
 ])
 def test_bad_input_is_one_clear_paragraph(tmp_path, args, expected):
     root = ["dataset.root=" + str(tmp_path / "empty")]
