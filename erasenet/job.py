@@ -48,7 +48,7 @@ def planned_directory(config: DictConfig, key: str) -> Optional[str]:
     """The directory ``config`` gives at ``key`` (``hydra.run.dir``...), resolved as Hydra will resolve it when it
     creates the directory; None when it cannot be resolved yet (e.g. it uses ``hydra.job.num``)."""
     hydra_config = HydraConfig.instance()
-    previous, read_only = hydra_config.cfg, OmegaConf.is_readonly(config.hydra)
+    previous, read_only = hydra_config.cfg, config.hydra._get_node_flag("readonly")  # as omegaconf.read_write
     try:
         hydra_config.set_config(config)  # ${hydra:...} interpolations read it
         return str(OmegaConf.select(config, key, throw_on_missing=True))

@@ -54,17 +54,16 @@ def summary(preset: Traversable) -> str:
 
 
 def closest_presets(name: str, names: list[str], n: int = 3) -> list[str]:
-    """The presets closest to ``name``: those equal to it up to letter case first, then the most similar ones
-    (compared in lower case, by full name and by the name without its ``paper/`` folder)."""
+    """The presets closest to ``name``: those equal to it but for letter case first (the whole name, then the name
+    without its ``paper/`` folder), then the most similar ones (in lower case, by either)."""
     wanted = name.lower().strip("/")
-    same_case = [p for p in names if p.lower() == wanted or p.lower().rpartition("/")[2] == wanted]
-    scores = {}
-    for preset in names:
-        lower = preset.lower()
-        scores[preset] = max(difflib.SequenceMatcher(None, wanted, lower).ratio(),
-                             difflib.SequenceMatcher(None, wanted.rpartition("/")[2], lower.rpartition("/")[2]).ratio())
-    similar = sorted((p for p in names if scores[p] >= 0.6 and p not in same_case), key=lambda p: (-scores[p], p))
-    return (same_case + similar)[:n]
+    base = wanted.rpartition("/")[2]
+    equal = [p for p in names if p.lower() == wanted] + [p for p in names if p.lower() != wanted and
+                                                         p.lower().rpartition("/")[2] == base]
+    scores = {p: max(difflib.SequenceMatcher(None, wanted, p.lower()).ratio(),
+                     difflib.SequenceMatcher(None, base, p.lower().rpartition("/")[2]).ratio()) for p in names}
+    similar = sorted((p for p in names if scores[p] >= 0.6 and p not in equal), key=lambda p: (-scores[p], p))
+    return (equal + similar)[:n]
 
 
 def unknown_preset_message(name: str) -> str:

@@ -217,6 +217,7 @@ def test_a_misspelt_preset_gets_the_closest_names_same_letters_first():
     assert names == PRESETS
     assert closest_presets("dong2017/t2_resnet110_c10_ER", names)[0] == "dong2017/t2_resnet110_c10_er"
     assert closest_presets("T2_ResNet56_C100_ER", names)[0] == "dong2017/t2_resnet56_c100_er"  # folder left out
+    assert closest_presets("zhao2017/t2_resnet56_c100_er", names)[0] == "dong2017/t2_resnet56_c100_er"  # wrong one
     assert closest_presets("quikstart", names) == ["quickstart"]
     assert closest_presets("xyzzy", names) == []
     assert "dong2017/ is a folder of presets" in unknown_preset_message("dong2017")
