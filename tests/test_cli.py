@@ -35,6 +35,10 @@ def assert_one_paragraph_error(proc: subprocess.CompletedProcess, *expected: str
     (["erase.location=[1"], ["could not be read"]),
     (["erase.proportion=0,1"], ["erase.proportion=0,1 is a sweep, which needs -m"]),
     (["--help", "model=nosuchnet"], ["config group 'model' has no option 'nosuchnet'"]),
+    (["experiment=dong2017/t2_resnet110_c10_ER"], ["there is no preset 'dong2017/t2_resnet110_c10_ER'",
+                                                   "Did you mean dong2017/t2_resnet110_c10_er, ",
+                                                   "`python -m erasenet.presets` lists every preset"]),
+    (["--cfg", "job", "experiment=quikstart"], ["no preset 'quikstart'", "Did you mean quickstart?"]),
 ])
 def test_hydra_errors_are_one_paragraph(tmp_path, args, expected):
     proc = run_cli(*args, "dataset=digits", cwd=tmp_path, timeout=60)
@@ -70,6 +74,30 @@ def test_a_sweep_reports_every_bad_job_before_training_any(tmp_path, launcher):
     assert_one_paragraph_error(proc, "3 of the sweep's 4 jobs have a bad config, so none was started",
                                "erase.proportion=1.5 is outside [0, 1]", "seed=abc has the wrong type")
     assert not (tmp_path / "multirun").exists()
+
+
+@pytest.mark.parametrize("launcher", LAUNCHERS)
+def test_an_unknown_preset_in_a_sweep_is_refused_before_any_job(tmp_path, launcher):
+    if launcher in PLUGIN and importlib.util.find_spec(PLUGIN[launcher]) is None:
+        pytest.skip(f"the {launcher} launcher's plugin is not installed")
+    proc = run_cli("-m", f"hydra/launcher={launcher}", "experiment=quickstart,Quickstart", cwd=tmp_path, timeout=60)
+    assert_one_paragraph_error(proc, "1 of the sweep's 2 jobs have a bad config, so none was started",
+                               "no preset 'Quickstart'", "Did you mean quickstart?")
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_rejected_run_removes_only_the_directories_it_created(tmp_path):
+    """The user's folders stay (even empty ones), and so do their files in a run directory they named."""
+    mine = tmp_path / "mine" / "project"
+    mine.mkdir(parents=True)
+    proc = run_cli("erase.proportion=2", f"hydra.run.dir={mine}/new/run", cwd=tmp_path, timeout=60)
+    assert_one_paragraph_error(proc, "erase.proportion=2.0 is outside [0, 1]")
+    assert mine.is_dir() and not list(mine.iterdir())  # new/run/ (made for the run) went, project/ stayed
+    (mine / "notes.txt").write_text("mine")
+    proc = run_cli("erase.proportion=2", f"hydra.run.dir={mine}", cwd=tmp_path, timeout=60)
+    assert_one_paragraph_error(proc, "erase.proportion=2.0 is outside [0, 1]")
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]  # only Hydra's .hydra/ and train.log went
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"]
 
 
 def test_a_preset_sweeps_a_comma_separated_list_without_dash_m(tmp_path):

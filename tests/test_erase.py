@@ -197,6 +197,19 @@ def test_prelu_channel_needs_the_input_shape():
         "layer1.0.act_out"
 
 
+def test_the_printed_zoo_table_says_what_its_marks_mean(capsys):
+    from erasenet.models.__main__ import main
+
+    assert main(["wrn52_1", "resnet20"]) == 0
+    out = capsys.readouterr().out
+    assert "| n/a | n/a | n/a |" in out and "348,160* |" in out
+    legend = " ".join(out.split("<!-- end of zoo table -->")[1].split())
+    assert legend.startswith("n/a: erase.location=last is undefined: the blocks are pre-activated")
+    assert "*: ReLUs counted with erase.location=first" in legend
+    assert main(["resnet20"]) == 0
+    assert capsys.readouterr().out.endswith("<!-- end of zoo table -->\n")  # no marks, no legend
+
+
 def test_describe_with_slopes_per_channel(capsys):
     from erasenet.models.__main__ import main
 

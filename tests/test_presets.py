@@ -208,3 +208,27 @@ def test_he_et_al_preact_bottlenecks_stride_in_their_first_1x1(composed):
         stride = cfg.model.get("bottleneck_stride")
         he_code = p.startswith(("dong2017/t2_preact_resnet164", "dong2017/t2_preact_resnet1001"))
         assert stride == ("1x1" if he_code else stride if stride is None else "3x3"), p
+
+
+def test_a_misspelt_preset_gets_the_closest_names_same_letters_first():
+    from erasenet.presets import closest_presets, preset_names, unknown_preset_message
+
+    names = preset_names()
+    assert names == PRESETS
+    assert closest_presets("dong2017/t2_resnet110_c10_ER", names)[0] == "dong2017/t2_resnet110_c10_er"
+    assert closest_presets("T2_ResNet56_C100_ER", names)[0] == "dong2017/t2_resnet56_c100_er"  # folder left out
+    assert closest_presets("zhao2017/t2_resnet56_c100_er", names)[0] == "dong2017/t2_resnet56_c100_er"  # wrong one
+    assert closest_presets("quikstart", names) == ["quickstart"]
+    assert closest_presets("xyzzy", names) == []
+    assert "dong2017/ is a folder of presets" in unknown_preset_message("dong2017")
+
+
+def test_presets_are_listed_with_what_they_reproduce(capsys):
+    from erasenet.presets import main
+
+    main(["ResNet110_C10_"])
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines] == ["dong2017/t2_preact_resnet110_c10_er",
+                                                   "dong2017/t2_preact_resnet110_c10_original",
+                                                   "dong2017/t2_resnet110_c10_er", "dong2017/t2_resnet110_c10_original"]
+    assert lines[2].endswith("EraseReLU Table 2: ResNet-110 on CIFAR-10, EraseReLU (last ReLU, proportion 1).")

@@ -165,6 +165,24 @@ def test_corrupt_checkpoint_falls_back_to_the_previous_one(tmp_path, make_cfg, c
         {k: first[k] for k in ("test_error", "best_val_error", "train_error")}
 
 
+def test_why_a_checkpoint_is_unreadable_is_told_in_whole_sentences(tmp_path):
+    from erasenet.training.checkpoint import why_unreadable
+
+    path = tmp_path / "a.pt"
+    torch.save({"w": torch.zeros(1000)}, path)
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(Exception) as err:
+        load_checkpoint(path)
+    message = " ".join(str(err.value).split())
+    told = why_unreadable(err.value)
+    name, _, reason = told.partition(": ")
+    assert name == type(err.value).__name__ and len(reason) > 20
+    assert message.startswith(reason) and reason.endswith(".") and message[len(reason):len(reason) + 1] in ("", " ")
+    long = "The first sentence is long " + "and goes on " * 30 + "until it ends."
+    assert why_unreadable(ValueError(f"{long} A second one.\nMore")) == f"ValueError: {long}"
+    assert why_unreadable(EOFError()) == "EOFError, with no message"
+
+
 def test_checkpoint_of_another_config_is_refused(tmp_path, make_cfg):
     train_run(make_cfg(*QUICK, "schedule.epochs=1"), tmp_path)
     before = {p.name: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()}

@@ -32,6 +32,7 @@ def test_tiny_training_run_writes_everything_and_learns(tmp_path, make_cfg):
     assert on_disk["best_val_error"] == min(m["val_error"] for m in lines)
     assert on_disk["test_error_at_best_val"] == lines[on_disk["best_epoch"] - 1]["test_error"]
     assert set(on_disk["versions"]) >= {"torch", "torchvision", "erasenet"}
+    assert isinstance(on_disk["cpu"], str)  # the digits of a CPU run depend on the CPU's type too
     state = torch.load(tmp_path / "checkpoints" / "epoch0003.pt", weights_only=True)
     assert "layer1.0.conv1.weight" in state["model"]
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -115,6 +116,9 @@ def test_results_cli_errors(tmp_path):
     (["schedule.lr=-1"], "lr > 0"),
     (["dataset=cifar10", "dataset.download=false"], "cifar-10-batches-py"),
     (["trainer.device=tpu"], "trainer.device='tpu'"),
+    (["seed=-1"], "seed=-1 is not a seed. seed chooses initialisation, data order and augmentation; it takes an "
+                  "integer from 0 to 4294967295"),
+    (["dataset.split_seed=4294967296"], "dataset.split_seed=4294967296 is not a seed."),
 ])
 def test_bad_input_is_one_clear_paragraph(tmp_path, args, expected):
     root = ["dataset.root=" + str(tmp_path / "empty")]

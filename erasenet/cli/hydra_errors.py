@@ -18,6 +18,7 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBase
 from omegaconf.nodes import BooleanNode, FloatNode, IntegerNode, StringNode
 
 from ..common.errors import UserError
+from ..presets import unknown_preset_message
 
 WIDTH = 100
 # Hydra launcher plugins that erasenet's launcher configs build on: {plugin config: erasenet's launcher}
@@ -57,6 +58,8 @@ def _unknown_option(err: MissingConfigException) -> str:
         return (f"the {PLUGIN_LAUNCHERS[option]} launcher needs Hydra's {option} plugin, which is not installed. "
                 "Install the launcher plugins with pip install -e '.[cluster]' (or pip install "
                 "hydra-joblib-launcher hydra-submitit-launcher).")
+    if missing.startswith("experiment/"):  # presets nest (dong2017/...): name them all, not one folder's options
+        return unknown_preset_message(missing[len("experiment/"):])
     if not group or not options:  # not a group option: e.g. a --config-name that does not exist
         return f"the config {missing!r} does not exist. Check its name against erasenet/conf/."
     listing = ", ".join(options)

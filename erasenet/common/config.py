@@ -30,6 +30,7 @@ IMAGE_FOLDER_DATASETS = ("imagenet", "imagenet_subset")  # read from an ImageFol
 # The run metrics a published number can be compared with (result.json keys).
 PAPER_METRICS = ("test_error", "test_error_at_best_val")
 RESUME = ("auto", "never")
+SEED_LIMIT = 2**32  # seeds are 0 .. 2**32 - 1: what NumPy and scikit-learn accept, and within torch's range
 BACKENDS = ("auto", "nccl", "gloo")
 AMP = ("auto", "bf16", "fp16", "off")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
@@ -189,6 +190,11 @@ def _fail(problem: str, fix: str) -> None:
 def check_config(cfg: DictConfig) -> None:
     """Every invariant the types alone cannot express; raises ``UserError`` on the first broken one."""
     e, s, d, t = cfg.erase, cfg.schedule, cfg.dataset, cfg.trainer
+    for key, seed, what in (("seed", cfg.seed, "initialisation, data order and augmentation"),
+                            ("dataset.split_seed", d.split_seed, "which training images are held out or kept")):
+        if not 0 <= seed < SEED_LIMIT:
+            _fail(f"{key}={seed} is not a seed.", f"{key} chooses {what}; it takes an integer from 0 to "
+                  f"{SEED_LIMIT - 1} (2**32 - 1), e.g. {key}=0.")
     if not 0.0 <= e.proportion <= 1.0:
         _fail(f"erase.proportion={e.proportion} is outside [0, 1].",
               "It is the fraction of blocks whose ReLU is erased: use e.g. erase.proportion=0.5.")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -40,3 +41,15 @@ def provenance(overrides: list[str] | None = None) -> dict:
     else:
         command = " ".join(["python -m erasenet.train", *overrides])
     return {"erasenet": __version__, "command": command, **git_state()}
+
+
+def cpu_model() -> str:
+    """The CPU's model name (Linux: /proc/cpuinfo), else what ``platform`` knows; '' when nothing does. CPUs of
+    different types run different vector kernels, so it is one of the things a CPU result depends on."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
+            if line.startswith("model name") and ":" in line:
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()

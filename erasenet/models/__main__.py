@@ -19,7 +19,7 @@ from ..erase.graph_sites import analyse
 from ..erase.rectifiers import count_relus
 from ..erase.sites import fixed_sites, iter_blocks
 from .registry import builder_options, create_model, input_shape, list_models
-from .zoo import render_table, splice_table
+from .zoo import legend, render_table, splice_table
 
 EXTERNAL_INPUT = (3, 224, 224)
 
@@ -118,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {args.write}")
     else:
         print(table, end="")
+        print(("\n" + legend(table)) if legend(table) else "", end="")
     return 0
 
 

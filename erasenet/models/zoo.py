@@ -11,6 +11,7 @@ EraseReLU's location (``last``; ``first`` for pre-activation blocks, marked *) a
 from __future__ import annotations
 
 import functools
+import textwrap
 from dataclasses import dataclass
 
 import torch
@@ -113,6 +114,18 @@ def render_table(names: list[str] | None = None) -> str:
                      + " | ".join(f"{r:,}" + ("" if s.last_erasable or p == 0 else "*")
                                   for p, r in zip(RELU_PROPORTIONS, s.relus)) + " |")
     return "\n".join(lines + [END]) + "\n"
+
+
+def legend(table: str) -> str:
+    """What the table's ``n/a`` and ``*`` mean, for the marks that ``table`` holds ('' if none)."""
+    rows = table.splitlines()[3:]
+    lines = []
+    if any("| n/a |" in row for row in rows):
+        lines.append("n/a: erase.location=last is undefined: the blocks are pre-activated and end with a convolution, "
+                     "not a ReLU (train them with model.form=post, or erase a site by index or with first).")
+    if any("*" in row for row in rows):
+        lines.append("*: ReLUs counted with erase.location=first, as last is undefined for these blocks.")
+    return "".join(textwrap.fill(line, 100, subsequent_indent="     ") + "\n" for line in lines)
 
 
 def splice_table(document: str, table: str) -> str:

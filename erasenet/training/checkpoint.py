@@ -69,6 +69,19 @@ def load_latest(run_dir: Path, map_location: str | torch.device = "cpu") -> tupl
             kept = Path(run_dir) / UNREADABLE_DIR / path.name
             kept.parent.mkdir(exist_ok=True)
             os.replace(path, kept)
-            log.warning("skipping unreadable checkpoint %s (%s: %s), kept as %s; trying the previous one", path,
-                        type(err).__name__, str(err).splitlines()[0][:200] if str(err) else "", kept)
+            log.warning("skipping unreadable checkpoint %s (%s), kept as %s; trying the previous one", path,
+                        why_unreadable(err), kept)
     return None
+
+
+def why_unreadable(err: BaseException, limit: int = 200) -> str:
+    """``err`` on one line for the log, in whole sentences: its first, and as many more as fit in ``limit``."""
+    text = " ".join(re.sub(r"\x1b\[[0-9;]*m", "", str(err)).split())  # torch's messages carry terminal colours
+    sentences = re.split(r"(?<=[.!?])\s+", text) if text else []
+    kept = sentences[:1]
+    for sentence in sentences[1:]:
+        if len(" ".join(kept + [sentence])) > limit:
+            break
+        kept.append(sentence)
+    name = type(err).__name__
+    return f"{name}: {' '.join(kept)}" if kept else f"{name}, with no message"

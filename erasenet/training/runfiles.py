@@ -20,7 +20,7 @@ from .checkpoint import CHECKPOINT_DIR, save_run_checkpoint
 from ..data import describe_splits
 from ..erase import EraseRecord
 from ..common.errors import UserError
-from ..common.provenance import provenance
+from ..common.provenance import cpu_model, provenance
 from .resume import TrainState
 from ..reports.tblog import scalar_tag, write_hparams
 
@@ -111,7 +111,7 @@ def make_result(run: Run, member: Member, status: str, failure: str | None, seco
         "splits": run.sizes, "split_sources": describe_splits(cfg.dataset), "params": run.params, "macs": run.macs,
         "relus": run.relus,
         "erased": member.erased.sites, "erase": member.erased.as_dict(), "device": str(run.device),
-        "num_threads": torch.get_num_threads(), "processes": run.dist.world_size, "seconds": seconds, "versions": library_versions(),
+        "cpu": cpu_model(), "num_threads": torch.get_num_threads(), "processes": run.dist.world_size, "seconds": seconds, "versions": library_versions(),
         "provenance": provenance(list(member.overrides)),
         "config": member.config, "accel": accel_record(run.accel, run.compiled),
         "paper": OmegaConf.to_container(cfg.paper) if cfg.paper.test_error is not None else None,
