@@ -6,7 +6,9 @@
 - ``proportion.png``: test error against ``erase.proportion``, mean ± std over seeds, one line per family of
   runs that differ only in proportion (the paper's Figure 3 style); only for sweeps over the proportion.
 - ``pareto.png``: test error against the ReLU count of one forward pass (the cost metric of ReLU-reduction
-  work), one line per family; only for sweeps over the proportion whose runs record ``relus``.
+  work), one line per family; only for sweeps over the proportion whose runs record ``relus``. A sweep with a
+  budgeted method (``erase.method`` gates or cull) draws it across methods instead: one series per method, log
+  ReLU axis (``erasenet.methods.plot_methods``).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from pathlib import Path
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, MaxNLocator
 
+from .methods import has_methods, plot_methods
 from .records import family_of, finite, group_of, is_ok, mean_std, proportion_of, read_metrics, split_overrides
 
 STYLES = (("train", "-"), ("val", ":"), ("test", "--"))
@@ -217,11 +220,15 @@ def write_plots(root: Path, results: list[dict]) -> list[Path]:
     if groups:
         plot_curves(groups, root / "curves.png", fallback=describe(ok[0]))
         written.append(root / "curves.png")
+    methods = has_methods(ok)
     if len({proportion_of(r) for r in ok if proportion_of(r) is not None}) > 1:
         plot_proportions(ok, root / "proportion.png")
         written.append(root / "proportion.png")
         with_relus = [r for r in ok if r.get("relus") is not None]
-        if len({r["relus"] for r in with_relus}) > 1:
+        if len({r["relus"] for r in with_relus}) > 1 and not methods:
             plot_pareto(with_relus, root / "pareto.png")
             written.append(root / "pareto.png")
+    if methods and len({r["relus"] for r in ok if r.get("relus") is not None}) > 1:
+        plot_methods(ok, root / "pareto.png")
+        written.append(root / "pareto.png")
     return written

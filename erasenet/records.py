@@ -58,8 +58,17 @@ def group_of(result: dict) -> str:
     return ",".join(o for o in split_overrides(result.get("group") or "") if not is_metadata(override_key(o)))
 
 
+def method_of(result: dict) -> str:
+    """The run's ``erase.method`` (``erase``, EraseReLU's proportion rule, for runs recorded before it existed)."""
+    erase = ((result.get("config") or {}).get("erase") or {})
+    return erase.get("method") or (result.get("erase") or {}).get("method") or "erase"
+
+
 def proportion_of(result: dict) -> float | None:
-    """The run's erase proportion, from its erase record."""
+    """The run's erase proportion, from its erase record; None for a method other than EraseReLU's proportion rule
+    (a budgeted method has no proportion)."""
+    if method_of(result) != "erase":
+        return None
     return (result.get("erase") or {}).get("proportion")
 
 
