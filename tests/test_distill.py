@@ -244,3 +244,12 @@ def test_two_ddp_processes_distil_like_one_process(tmp_path):
     ddp_weights, one_weights = final_weights(ddp_dir), final_weights(tmp_path / "single")
     for key in one_weights:
         torch.testing.assert_close(ddp_weights[key], one_weights[key], rtol=1e-4, atol=1e-5)
+
+
+def test_the_cli_refuses_a_missing_teacher_in_one_paragraph_and_writes_nothing(tmp_path):
+    from conftest import run_cli
+
+    proc = run_cli(*TINY, teach("runs/nowhere/seed={seed}"), "seed=3", cwd=tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "the teacher runs/nowhere/seed=3" in proc.stderr and "does not exist" in proc.stderr
+    assert not (tmp_path / "runs").exists()
