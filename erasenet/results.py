@@ -394,7 +394,9 @@ def main(argv: list[str] | None = None) -> int:
               "DIR/summary.md and DIR/summary.csv (mean ± std over seeds per configuration, the difference from "
               "the same configuration at erase.proportion=0 with Welch's test, the published value and the "
               "difference where a run's config has one, failed runs with their reasons) and draw DIR/curves.png "
-              "(and DIR/proportion.png and DIR/pareto.png for a sweep over erase.proportion).")
+              "(and DIR/proportion.png and DIR/pareto.png for a sweep over erase.proportion; a sweep across "
+              "erase.method also gets DIR/methods.csv, Welch's test at equal ReLU budget, and a Pareto plot with "
+              "one series per method).")
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     root = Path(argv[0])
     if not root.is_dir():
