@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import math
-import re
 import statistics
 import textwrap
 from pathlib import Path
@@ -33,7 +32,7 @@ ZOOM_KEEP = 2.0  # the zoomed panel leaves out configurations whose final test e
 
 def short_labels(configs: list[str]) -> tuple[list[str], str]:
     """Each config's overrides that not every config shares (empty where nothing differs), and the shared ones."""
-    split = [re.split(r",(?=[\w.+~-]+=)", c) if c else [] for c in configs]
+    split = [split_overrides(c) for c in configs]
     common = [item for item in split[0] if all(item in items for items in split)] if split else []
     labels = [",".join(i for i in items if i not in common) for items in split]
     return labels, ",".join(common)

@@ -32,8 +32,21 @@ def override_value(override: str) -> str:
 
 
 def split_overrides(joined: str) -> list[str]:
-    """Items of an override string joined with commas (a run's ``group``, Hydra's ``override_dirname``)."""
-    return [item for item in _ITEM_BOUNDARY.split(joined) if item] if joined else []
+    """Items of an override string joined with commas (a run's ``group``, Hydra's ``override_dirname``); a comma
+    inside a quoted value (``distill.teacher="runs/x/a=1,seed={seed}"``) is not a boundary."""
+    if not joined:
+        return []
+    items, start, quote = [], 0, ""
+    for i, char in enumerate(joined):
+        if quote:
+            quote = "" if char == quote else quote
+        elif char in "\"'" and (i == 0 or joined[i - 1] == "="):  # a value that starts with a quote
+            quote = char
+        elif char == "," and _ITEM_BOUNDARY.match(joined, i):
+            items.append(joined[start:i])
+            start = i + 1
+    items.append(joined[start:])
+    return [item for item in items if item]
 
 
 def is_metadata(key: str) -> bool:

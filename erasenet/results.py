@@ -113,11 +113,12 @@ def _read_failure(path: Path) -> str | None:
 
 
 def reference_family(result: dict) -> str:
-    """What a run shares with its reference: its group without ``erase.*`` items, and its model, data and
-    schedule (two presets that differ only in their erase settings share these)."""
+    """What a run shares with its reference: its group without ``erase.*`` and ``distill.*`` items, and its model,
+    data and schedule (two presets that differ only in their erase settings share these; a distilled run's
+    reference is the original network, with or without a teacher of its own)."""
     config = with_schema_defaults(result.get("config") or {})  # runs recorded before a knob existed
     dataset = {k: v for k, v in (config.get("dataset") or {}).items() if k not in _DATASET_PLACE_KEYS}
-    rest = [o for o in split_overrides(group_of(result)) if not override_key(o).startswith("erase.")]
+    rest = [o for o in split_overrides(group_of(result)) if not override_key(o).startswith(("erase.", "distill."))]
     return json.dumps([rest, config.get("model"), dataset, config.get("schedule")], sort_keys=True, default=str)
 
 

@@ -171,3 +171,22 @@ def test_a_sweep_of_erase_alone_is_summarised_as_before(erase_sweep, tmp_path):
     (ax,) = plot_pareto(find_results(root), root / "pareto.png").axes
     assert ax.get_xscale() == "linear" and {t.get_text() for t in ax.texts} == {"p=0", "p=0.5"}
     assert "| (reference) |" in next(x for x in markdown.splitlines() if x.startswith("| erase.proportion=0 |"))
+
+
+def test_a_distilled_run_is_compared_with_the_original_network(erase_sweep, tmp_path):
+    """The documented way: teachers at erase.proportion=0, then students with distill.teacher, in one sweep."""
+    import shutil
+
+    root = tmp_path / "sweep"
+    shutil.copytree(erase_sweep, root)
+    for r in find_results(root):
+        if r["erase"]["proportion"] == 0.5:
+            teacher = f'distill.teacher="{root}/erase.proportion=0,seed={{seed}}"'
+            r["group"] = f"{teacher},erase.proportion=0.5"
+            r["config"]["distill"]["teacher"] = teacher.split("=", 1)[1].strip('"')
+            shutil.move(r.pop("_dir"), root / f"distilled,seed={r['seed']}")
+            (root / f"distilled,seed={r['seed']}" / "result.json").write_text(json.dumps(r))
+    rows = {r["config"]: r for r in summarize(find_results(root))}
+    student = next(r for c, r in rows.items() if c.startswith("distill.teacher="))
+    assert student["reference"] == "erase.proportion=0" and student["reference_differs"]
+    assert student["welch"].n_a == student["welch"].n_b == 3
