@@ -50,7 +50,7 @@ class EraseConfig:
 class DistillConfig:
     """Knowledge distillation from a trained network (off while ``teacher`` is null)."""
 
-    teacher: Optional[str] = None  # a finished run directory or a weights file; {seed} becomes the run's seed
+    teacher: Optional[str] = None  # a finished run, a sweep (its run of this seed) or weights file; {seed}: the seed
     temperature: float = 4.0  # T: both networks' logits are divided by T
     weight: float = 0.9  # alpha: loss = alpha * T^2 * KL(teacher || student at T) + (1 - alpha) * cross-entropy
     init_from_teacher: bool = False  # the student starts from the teacher's weights (loaded before erasing)
@@ -287,7 +287,7 @@ def check_config(cfg: DictConfig) -> None:
 
 
 def check_distill(distill: DictConfig) -> None:
-    """Distillation: a teacher (with no placeholder but ``{seed}``) for ``init_from_teacher``, T > 0, alpha in [0, 1]."""
+    """Distillation: a teacher (no placeholder but ``{seed}``) for ``init_from_teacher``, T > 0, alpha in [0, 1]."""
     if distill.teacher is None:
         if distill.init_from_teacher:
             _fail("distill.init_from_teacher=true needs a teacher, but distill.teacher is null.",

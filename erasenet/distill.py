@@ -1,10 +1,12 @@
 """Knowledge distillation from a trained network (Hinton et al. 2015), as SNL and DeepReDuce train their students.
 
-``distill.teacher`` names a finished run directory (its final weights: the newest checkpoint, at the last epoch)
-or a weights file (an erasenet checkpoint, or a state dict); ``{seed}`` in it becomes the student's seed, so each
-seed of a sweep learns from the teacher of the same seed. The teacher is the student's network (``model.*``)
-trained on the same data split; its own erase settings may differ (the original network teaching an erased one).
-A weights file without a recorded config is taken to hold the student's network, unerased.
+``distill.teacher`` names a finished run directory (its final weights: the newest checkpoint, at the last epoch),
+a sweep directory (its finished run of the student's seed; where it holds several, its original network's:
+``erase.proportion=0`` and no teacher of its own) or a weights file (an erasenet checkpoint, or a state dict);
+``{seed}`` in it becomes the student's seed, so each seed of a sweep learns from the teacher of the same seed.
+The teacher is the student's network (``model.*``) trained on the same data split; its own erase settings may
+differ (the original network teaching an erased one). A weights file without a recorded config is taken to hold
+the student's network, unerased.
 
 The teacher is frozen: evaluation mode (batch-norm running statistics, no dropout), ``requires_grad`` off, called
 under ``torch.no_grad``, and never given to the optimizer. Each member of a stack of seeds, and each DDP process,
@@ -31,6 +33,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .checkpoint import list_checkpoints, load_checkpoint
 from .errors import UserError
+from .records import method_of
 
 # Dataset keys that fix which images a network trained, validated and was tested on, and how they were
 # normalised: a teacher trained on another split has seen the student's validation or test images.
@@ -80,6 +83,8 @@ def load_teacher(cfg: DictConfig, device: torch.device, out_dir: Path | None = N
         raise UserError(f"distill.teacher={cfg.distill.teacher} is this run's own directory. Name the run of the "
                         "trained (e.g. unerased) network that should teach this one.")
     if path.is_dir():
+        if not _is_run_dir(path):
+            path = _run_of_seed(path, cfg, out_dir)
         weights_file, state, config = _finished_run(path)
     elif path.is_file():
         weights_file, (state, config) = path, _weights_file(path)
@@ -96,13 +101,50 @@ def load_teacher(cfg: DictConfig, device: torch.device, out_dir: Path | None = N
         model.load_state_dict(state)
     except RuntimeError as err:
         raise UserError(f"the teacher's weights in {weights_file} do not fit the network {teacher_cfg.model.name} "
-                        f"they were taken for: {_first_lines(err)}. Give a teacher of this network (model.*).") from None
+                        f"they were taken for: {_first_lines(err)}. Give a teacher of this network (model.*).") \
+            from None
     model.to(device).eval().requires_grad_(False)
     return Teacher(model=model, path=weights_file.resolve(), sha256=weights_digest(model.state_dict()))
 
 
 def _first_lines(err: Exception, n: int = 3) -> str:
     return " ".join(str(err).strip().splitlines()[:n])[:600]
+
+
+def _is_run_dir(path: Path) -> bool:
+    """Whether ``path`` is one run's directory (finished or not), rather than a sweep's."""
+    return any((path / name).exists() for name in ("result.json", "checkpoints", ".hydra", "metrics.jsonl"))
+
+
+def _is_original(result: dict) -> bool:
+    """Whether a run trained the original network: EraseReLU's rule at proportion 0, without a teacher."""
+    config = result.get("config") or {}
+    return (method_of(result) == "erase" and (result.get("erase") or {}).get("proportion") == 0
+            and not (config.get("distill") or {}).get("teacher"))
+
+
+def _run_of_seed(sweep: Path, cfg: DictConfig, out_dir: Path | None) -> Path:
+    """The finished run of ``cfg.seed`` below the sweep directory ``sweep`` (the original network's, where there
+    are several)."""
+    found = []
+    for path in sorted(sweep.rglob("result.json")):
+        try:
+            result = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if result.get("seed") == cfg.seed and (out_dir is None or path.parent.resolve() != Path(out_dir).resolve()):
+            found.append((path.parent, result))
+    if len(found) > 1:
+        found = [(d, r) for d, r in found if _is_original(r)] or found
+    if not found:
+        raise UserError(f"the teacher sweep {sweep} (distill.teacher={cfg.distill.teacher}) holds no finished run of "
+                        f"seed {cfg.seed}. Train the teacher of this seed there first, or name its run directory.")
+    if len(found) > 1:
+        listed = "; ".join(str(d) for d, _ in found[:4]) + ("; ..." if len(found) > 4 else "")
+        raise UserError(f"the teacher sweep {sweep} holds {len(found)} finished runs of seed {cfg.seed} that could "
+                        f"teach ({listed}). Name the teacher's run directory (with {{seed}} for the seed), or keep "
+                        "the teachers in a sweep of their own (name=...).")
+    return found[0][0]
 
 
 def _finished_run(run_dir: Path) -> tuple[Path, dict, dict]:

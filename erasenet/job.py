@@ -19,10 +19,12 @@ def job_context() -> tuple[Path, list[str], str]:
     return Path(hc.runtime.output_dir), overrides, run_group(overrides, list(hc.job.config.override_dirname.exclude_keys))
 
 
-def refuse(err: UserError) -> None:
-    """Print the problem's one paragraph, remove the rejected run's directory, exit with status 2."""
+def refuse(err: UserError, out_dirs: list[Path] | None = None) -> None:
+    """Print the problem's one paragraph, remove the rejected run's directory (or each of ``out_dirs``, runs
+    trained together, outside any one Hydra job), exit with status 2."""
     print(f"\nerror: {err}\n", file=sys.stderr)
-    _remove_if_empty(Path(HydraConfig.get().runtime.output_dir))
+    for out_dir in out_dirs if out_dirs is not None else [Path(HydraConfig.get().runtime.output_dir)]:
+        _remove_if_empty(Path(out_dir))
     sys.exit(2)
 
 

@@ -69,7 +69,9 @@ def series_key(result: dict) -> tuple[str, str, str, str]:
     """(method, location, replace, the other overrides): runs of one series differ in budget (or proportion)."""
     method = method_of(result)
     erase = ((result.get("config") or {}).get("erase") or {})
-    location, replace = (str(erase.get("location", "")), str(erase.get("replace", ""))) if method == "erase" else ("", "")
+    location, replace = ("", "")
+    if method == "erase":
+        location, replace = str(erase.get("location", "")), str(erase.get("replace", ""))
     rest = ",".join(o for o in split_overrides(group_of(result)) if not _is_erase_item(o))
     return method, location, replace, rest
 

@@ -253,3 +253,22 @@ def test_the_cli_refuses_a_missing_teacher_in_one_paragraph_and_writes_nothing(t
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "the teacher runs/nowhere/seed=3" in proc.stderr and "does not exist" in proc.stderr
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_sweep_directory_gives_the_teacher_of_each_seed(teachers, tmp_path):
+    sweep = Path(teachers.format(seed=0)).parent
+    for seed in (0, 1):
+        found = load_teacher(compose_cfg(*TINY, teach(sweep), f"seed={seed}"), torch.device("cpu"))
+        assert found.path == list_checkpoints(sweep / f"seed={seed}")[-1].resolve()
+    # a sweep that also holds a distilled student of seed 0: the original network teaches
+    mixed = tmp_path / "mixed"
+    shutil.copytree(sweep, mixed)
+    train_run(compose_cfg(*TINY, teach(mixed / "seed={seed}"), "erase.proportion=0.5"), mixed / "student0")
+    assert load_teacher(compose_cfg(*TINY, teach(mixed)), torch.device("cpu")).path.is_relative_to(
+        (mixed / "seed=0").resolve())
+    # two originals of one seed: which one is not guessed
+    shutil.copytree(mixed / "seed=0", mixed / "again0")
+    with pytest.raises(UserError, match="holds 2 finished runs of seed 0"):
+        load_teacher(compose_cfg(*TINY, teach(mixed)), torch.device("cpu"))
+    with pytest.raises(UserError, match="no finished run of seed 7"):
+        load_teacher(compose_cfg(*TINY, teach(mixed), "seed=7"), torch.device("cpu"))
