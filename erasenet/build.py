@@ -21,9 +21,9 @@ from .accel import Accel, Compiled, apply_torch_settings, build_accel, prepare_m
 from .concurrent import StackedLoader, StackedModels, check_members, generator_state, with_seed
 from .config import MODEL_META_KEYS
 from .data import build_loaders
-from .distill import LossFn, Teacher, distill_loss_fn, load_init, load_teacher
+from .distill import Teacher, distill_loss_fn, load_init, load_teacher
 from .distributed import Dist
-from .engine import build_optimizer, build_scheduler
+from .engine import LossFn, build_optimizer, build_scheduler
 from .erase import EraseRecord, ErasePolicy, apply_erase
 from .errors import UserError
 from .models import builder_options, create_model, list_models

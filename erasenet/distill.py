@@ -24,7 +24,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn as nn
@@ -32,14 +32,13 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
 from .checkpoint import list_checkpoints, load_checkpoint
+from .engine import LossFn, member_losses
 from .errors import UserError
 from .records import method_of
 
 # Dataset keys that fix which images a network trained, validated and was tested on, and how they were
 # normalised: a teacher trained on another split has seen the student's validation or test images.
 SPLIT_KEYS = ("name", "num_classes", "in_chans", "image_size", "val_size", "split_seed", "subset", "mean", "std")
-
-LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # (inputs, logits, labels) -> losses
 
 
 @dataclass
@@ -232,8 +231,6 @@ def load_init(model: nn.Module, teacher: Teacher) -> None:
 def distill_losses(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor, temperature: float,
                    weight: float) -> torch.Tensor:
     """Mean distillation loss over the last batch dimension: a scalar, or one per member of a stack."""
-    from .engine import member_losses
-
     t = temperature
     log_p_student = F.log_softmax(student.float() / t, dim=-1)
     log_p_teacher = F.log_softmax(teacher.float() / t, dim=-1)

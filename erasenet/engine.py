@@ -111,6 +111,9 @@ class EpochState:
 
 
 Reduce = Callable[[torch.Tensor], torch.Tensor]
+# (inputs, logits, labels) -> the loss of each member (a scalar for one model): a training loss other than the
+# cross-entropy, e.g. distillation's (erasenet.distill)
+LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def member_losses(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -123,8 +126,7 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
                     finite_check_every: int = 50, state: EpochState | None = None,
                     after_step: Callable[[EpochState], bool] | None = None,
                     reduce: Reduce | None = None, accel: Accel | None = None,
-                    loss_fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
-                    ) -> dict | None:
+                    loss_fn: LossFn | None = None) -> dict | None:
     """One pass over ``loader``; loss and error (%) summed on the device and read once at the end.
 
     ``state`` continues a partly trained epoch (the loader must start at ``state.step``). ``after_step(state)``

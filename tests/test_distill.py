@@ -253,6 +253,10 @@ def test_the_cli_refuses_a_missing_teacher_in_one_paragraph_and_writes_nothing(t
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "the teacher runs/nowhere/seed=3" in proc.stderr and "does not exist" in proc.stderr
     assert not (tmp_path / "runs").exists()
+    # seeds trained together are refused the same way, each rejected run directory removed
+    proc = run_cli("-m", *TINY, teach("runs/nowhere/seed={seed}"), "seed=0,1", "trainer.concurrent=2", cwd=tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and "does not exist" in proc.stderr
+    assert not list((tmp_path / "multirun").rglob("*seed=*"))
 
 
 def test_a_sweep_directory_gives_the_teacher_of_each_seed(teachers, tmp_path):
@@ -272,7 +276,3 @@ def test_a_sweep_directory_gives_the_teacher_of_each_seed(teachers, tmp_path):
         load_teacher(compose_cfg(*TINY, teach(mixed)), torch.device("cpu"))
     with pytest.raises(UserError, match="no finished run of seed 7"):
         load_teacher(compose_cfg(*TINY, teach(mixed), "seed=7"), torch.device("cpu"))
-    # seeds trained together are refused the same way, each rejected run directory removed
-    proc = run_cli("-m", *TINY, teach("runs/nowhere/seed={seed}"), "seed=0,1", "trainer.concurrent=2", cwd=tmp_path)
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr and "does not exist" in proc.stderr
-    assert not list((tmp_path / "multirun").rglob("*seed=*"))
