@@ -222,7 +222,9 @@ def build_run(cfgs: Sequence[DictConfig], out_dirs: Sequence[Path], dist: Dist, 
     run = Run(members=members, dist=dist, device=device, train_model=compiled.module, stack=stack,
               optimizer=optimizer, scheduler=scheduler, train_loader=train_loader, eval_loaders=eval_loaders,
               sizes=sizes, params=params, macs=macs, relus=relus, accel=accel, compiled=compiled,
-              loss_fn=distill_loss_fn(teachers, cfg.distill) if teachers[0] is not None else None)
+              # weight 0: the labels alone (init_from_teacher without distillation); the teacher is not run
+              loss_fn=distill_loss_fn(teachers, cfg.distill) if teachers[0] is not None and cfg.distill.weight > 0
+              else None)
     describe(run, schedule)
     return run
 
