@@ -229,6 +229,21 @@ def test_seeds_trained_together_each_learn_from_their_own_teacher(teachers, tmp_
             torch.testing.assert_close(mine[k], theirs[k], rtol=1e-4, atol=1e-5)
 
 
+def test_seeds_trained_together_resume_mid_epoch_bit_exact_each_with_its_teacher(teachers, tmp_path):
+    cfgs = [compose_cfg(*TINY, *MID_EPOCH, teach(teachers), f"seed={s}") for s in (0, 1)]
+    reference = train_runs(cfgs, [tmp_path / "ref" / f"s{s}" for s in (0, 1)])
+    shutil.copytree(tmp_path / "ref", tmp_path / "resumed")
+    dirs = [tmp_path / "resumed" / f"s{s}" for s in (0, 1)]
+    for d in dirs:
+        cut_after(d, "epoch0001_step000010.pt")
+    resumed = train_runs(cfgs, dirs)
+    for s, d, ref, again in zip((0, 1), dirs, reference, resumed):
+        a, b = final_weights(tmp_path / "ref" / f"s{s}"), final_weights(d)
+        assert all(torch.equal(a[k], b[k]) for k in a) and again["test_error"] == ref["test_error"]
+        assert history(tmp_path / "ref" / f"s{s}") == history(d) and "resuming from" in (d / "train.log").read_text()
+        assert again["provenance"]["teacher"]["path"].startswith(str(Path(teachers.format(seed=s)).resolve()))
+
+
 def test_two_ddp_processes_distil_like_one_process(tmp_path):
     teacher = tmp_path / "teacher"
     train_run(compose_cfg(*DDP_RUN, "trainer.tensorboard=false"), teacher)
