@@ -26,8 +26,9 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from .common.config import with_schema_defaults
+from .reports.methods import base_of, budget_of, has_methods, methods_csv, methods_markdown
 from .common.records import (failure_of, final_train_error, finite, format_mean_std, format_p, group_of, is_ok,
-                      mean_std, override_key, proportion_of, run_group, split_overrides)
+                      mean_std, method_of, override_key, proportion_of, run_group, split_overrides)
 from .reports.stats import Welch, welch
 
 METRICS = (  # (result key, column title)
@@ -112,11 +113,12 @@ def _read_failure(path: Path) -> str | None:
 
 
 def reference_family(result: dict) -> str:
-    """What a run shares with its reference: its group without ``erase.*`` items, and its model, data and
-    schedule (two presets that differ only in their erase settings share these)."""
+    """What a run shares with its reference: its group without ``erase.*`` and ``distill.*`` items, and its model,
+    data and schedule (two presets that differ only in their erase settings share these; a distilled run's
+    reference is the original network, with or without a teacher of its own)."""
     config = with_schema_defaults(result.get("config") or {})  # runs recorded before a knob existed
     dataset = {k: v for k, v in (config.get("dataset") or {}).items() if k not in _DATASET_PLACE_KEYS}
-    rest = [o for o in split_overrides(group_of(result)) if not override_key(o).startswith("erase.")]
+    rest = [o for o in split_overrides(group_of(result)) if not override_key(o).startswith(("erase.", "distill."))]
     return json.dumps([rest, config.get("model"), dataset, config.get("schedule")], sort_keys=True, default=str)
 
 
@@ -170,6 +172,9 @@ def summarize(results: Iterable[dict]) -> list[dict]:
         row["relus"] = sum(relus) / len(relus) if relus else None
         row["seconds"] = mean_std(r.get("seconds") for r in ok)[0]
         row["proportion"], row["_family"] = proportion_of(first), reference_family(first)
+        row["method"], row["_base"] = method_of(first), base_of(first)
+        budgets = finite(budget_of(r) for r in ok)
+        row["budget"] = sum(budgets) / len(budgets) if budgets else None
         row["_unerased"] = [o for o in split_overrides(group) if override_key(o) != "erase.proportion"]
         row["_name"] = name
         rows.append(row)
@@ -183,6 +188,15 @@ def add_reference(row: dict, rows: list[dict]) -> None:
     error minus the reference's. The reference is a row of the same family at proportion 0, preferring one
     whose other ``erase.*`` items are this row's too."""
     row["reference"], row["welch"], row["reference_differs"] = None, None, False
+    if row["method"] != "erase":  # a budgeted method: the original network of the same model and data
+        candidates = [r for r in rows if r["method"] == "erase" and r["proportion"] == 0 and r["n"]
+                      and r["_base"] == row["_base"]]
+        if candidates:
+            reference = max(candidates, key=lambda r: (r["_name"] == row["_name"], r["n"], r["config"]))
+            row["reference"], row["reference_differs"] = reference["config"], True
+            if row["test_errors"]:
+                row["welch"] = welch(row["test_errors"], reference["test_errors"])
+        return
     if row["proportion"] is None or row["proportion"] == 0:
         return
     candidates = [r for r in rows if r["_family"] == row["_family"] and r["proportion"] == 0 and r["n"]]
@@ -275,6 +289,9 @@ def to_markdown(rows: list[dict]) -> str:
              "erase.proportion=0), the 95% confidence interval of that difference and the p-value of Welch's "
              "t-test (unequal variances); p < 0.05: the difference is unlikely to be seed noise. n < 2 on a side "
              "leaves no variance to test."] if any(r["welch"] for r in rows) else []
+    if any(r["method"] != "erase" and r["welch"] for r in rows):
+        notes += ["The reference of a budgeted method (erase.method other than erase) is the original network: "
+                  "the run of the same model and data at erase.proportion=0."]
     notes += [f"Reference of {config}: {reference}." for config, reference in references]
     notes += [f"[{i}] {src}; diff = this row's {metric} minus the published value." for i, (src, metric) in
               enumerate(sources, 1)]
@@ -320,12 +337,18 @@ def write_summary(root: Path) -> tuple[str, list[Path]]:
     rows = summarize(results + find_incomplete(root))
     plots = write_plots(root, results)
     table = to_markdown(rows)
+    if has_methods(results):
+        table += methods_markdown(rows)
     markdown = (f"# Summary of {root}\n\nErrors in %, mean ± sample std over seeds (n runs); MACs and ReLUs of one "
                 f"forward pass on one image; time is wall time per run.\n\n" + table
                 + "".join(f"\n![{p.stem}]({p.name})\n" for p in plots))
     atomic_write(root / "summary.md", lambda f: f.write(markdown.encode()))
     atomic_write(root / "summary.csv", lambda f: f.write(to_csv(rows).encode()))
-    return table, [root / "summary.md", root / "summary.csv", *plots]
+    written = [root / "summary.md", root / "summary.csv"]
+    if has_methods(results):
+        atomic_write(root / "methods.csv", lambda f: f.write(methods_csv(rows).encode()))
+        written.append(root / "methods.csv")
+    return table, written + plots
 
 
 def console_summary(root: Path) -> str:
@@ -372,7 +395,9 @@ def main(argv: list[str] | None = None) -> int:
               "DIR/summary.md and DIR/summary.csv (mean ± std over seeds per configuration, the difference from "
               "the same configuration at erase.proportion=0 with Welch's test, the published value and the "
               "difference where a run's config has one, failed runs with their reasons) and draw DIR/curves.png "
-              "(and DIR/proportion.png and DIR/pareto.png for a sweep over erase.proportion).")
+              "(and DIR/proportion.png and DIR/pareto.png for a sweep over erase.proportion; a sweep across "
+              "erase.method also gets DIR/methods.csv, Welch's test at equal ReLU budget, and a Pareto plot with "
+              "one series per method).")
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     root = Path(argv[0])
     if not root.is_dir():

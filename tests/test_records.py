@@ -84,3 +84,11 @@ def test_welch_says_when_there_is_nothing_to_test():
     assert not one.testable and one.n_a == 1 and one.p != one.p  # NaN
     constant = welch([1.0, 1.0], [2.0, 2.0])
     assert constant.p == 0.0 and constant.diff == -1.0
+
+
+def test_a_comma_inside_a_quoted_value_is_not_a_boundary():
+    from erasenet.common.records import split_overrides
+
+    teacher = 'distill.teacher="multirun/t/dataset=cifar100,model=resnet18_cifar,seed={seed}"'
+    assert split_overrides(f"{teacher},erase.proportion=0.5") == [teacher, "erase.proportion=0.5"]
+    assert split_overrides("a=[2,3],b='x,c=1',d=2") == ["a=[2,3]", "b='x,c=1'", "d=2"]

@@ -76,6 +76,16 @@ def resnext29(cardinality: int, classes: int = 10) -> int:
     return total + fc(1024, classes)
 
 
+def resnet18_cifar(classes: int = 100) -> int:
+    """kuangliu's CIFAR ResNet-18: 3x3 stem, two post-activation basic blocks per stage, 1x1+BN projections."""
+    total, cin = conv(3, 64) + bn(64), 64
+    for c in (64, 128, 256, 512):
+        for j in range(2):
+            total += basic(cin, c, project=cin != c, pre=False)
+            cin = c
+    return total + fc(512, classes)
+
+
 def imagenet_resnet(layers, pre: bool = False, groups: int = 1, width_per_group: int = 64) -> int:
     total, cin = conv(3, 64, 7) + (0 if pre else bn(64)), 64
     for i, count in enumerate(layers):
@@ -156,6 +166,7 @@ EXPECTED = {
     "inception_v2_cifar": (inception(), None, "all"),
     "dfn_mr": (dfn_mr(9), 1.7, "all"),  # DFN-MR1, depth 110: (110 - 2) / 12 = 9 blocks per stage
     "mlp12": (mlp12(), None, "all"),
+    "resnet18_cifar": (resnet18_cifar(), 11.2, "all"),
 }
 
 

@@ -76,10 +76,12 @@ class DirectoryNotes(Callback):
             note_directory(planned)
 
 
-def refuse(err: UserError) -> None:
-    """Print the problem's one paragraph, remove the rejected run's directory, exit with status 2."""
+def refuse(err: UserError, out_dirs: list[Path] | None = None) -> None:
+    """Print the problem's one paragraph, remove the rejected run's directory (or each of ``out_dirs``, runs
+    trained together, outside any one Hydra job) where this process created it, exit with status 2."""
     print(f"\nerror: {err}\n", file=sys.stderr)
-    remove_created(HydraConfig.get().runtime.output_dir)
+    for out_dir in out_dirs if out_dirs is not None else [HydraConfig.get().runtime.output_dir]:
+        remove_created(out_dir)
     sys.exit(2)
 
 

@@ -105,7 +105,7 @@ class ConcurrentLauncher(BasicLauncher):
                   "the last checkpoints", file=sys.stderr)
             sys.exit(130)
         except UserError as err:
-            refuse(err)
+            refuse(err, [out for _, out, _, _ in prepared])
         for ret, result in zip(returns, results):
             ret.return_value = result.get("best_val_error")
         return returns

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import string
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -44,6 +45,16 @@ class EraseConfig:
     proportion: float = MISSING  # fraction of blocks erased, evenly spread from the first block
     replace: str = MISSING  # identity (erase) | prelu (one slope per site) | prelu_channel (one per channel)
     fixed_sites: bool = False  # also change the ReLUs outside every block (a stem's, a pre-activation head's)
+
+
+@dataclass
+class DistillConfig:
+    """Knowledge distillation from a trained network (off while ``teacher`` is null)."""
+
+    teacher: Optional[str] = None  # a finished run, a sweep (its run of this seed) or weights file; {seed}: the seed
+    temperature: float = 4.0  # T: both networks' logits are divided by T
+    weight: float = 0.9  # alpha: loss = alpha * T^2 * KL(teacher || student at T) + (1 - alpha) * cross-entropy
+    init_from_teacher: bool = False  # the student starts from the teacher's weights (loaded before erasing)
 
 
 @dataclass
@@ -135,6 +146,7 @@ class PaperConfig:
 class Config:
     model: Any = MISSING  # {name: <registry name>, warmup_iters: int, **builder arguments}
     erase: EraseConfig = field(default_factory=EraseConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
@@ -152,7 +164,10 @@ def with_schema_defaults(config: dict) -> dict:
     a resume after an upgrade.
     """
     filled = dict(config)
-    for section, schema in (("erase", EraseConfig), ("dataset", DatasetConfig), ("schedule", ScheduleConfig)):
+    if "distill" not in filled and isinstance(filled.get("model"), dict):  # a run from before distillation existed
+        filled["distill"] = {}
+    for section, schema in (("erase", EraseConfig), ("dataset", DatasetConfig), ("schedule", ScheduleConfig),
+                            ("distill", DistillConfig)):
         if isinstance(filled.get(section), dict):
             filled[section] = {**_schema_defaults(schema), **filled[section]}
     return filled
@@ -269,7 +284,30 @@ def check_config(cfg: DictConfig) -> None:
     if d.workers < 0 or d.resize_size < 0 or (d.resize_size and d.resize_size < d.image_size):
         _fail(f"dataset.workers={d.workers}, dataset.resize_size={d.resize_size} (image_size={d.image_size}).",
               "workers must be >= 0 and resize_size 0 or at least image_size (e.g. 256 for 224 crops).")
+    check_distill(cfg.distill)
     check_paper(cfg.paper)
+
+
+def check_distill(distill: DictConfig) -> None:
+    """Distillation: a teacher (no placeholder but ``{seed}``) for ``init_from_teacher``, T > 0, alpha in [0, 1]."""
+    if distill.teacher is None:
+        if distill.init_from_teacher:
+            _fail("distill.init_from_teacher=true needs a teacher, but distill.teacher is null.",
+                  "Name the trained network, e.g. distill.teacher=runs/default/defaults (a run directory) or a "
+                  "weights file, or leave init_from_teacher=false.")
+        return
+    try:
+        fields = [name for _, name, _, _ in string.Formatter().parse(distill.teacher) if name is not None]
+    except ValueError:  # an unbalanced brace
+        fields = ["{"]
+    if not distill.teacher.strip() or any(name != "seed" for name in fields):
+        _fail(f"distill.teacher={distill.teacher!r} is not a path (the only placeholder it may hold is {{seed}}).",
+              "Give a finished run directory or a weights file; {seed} becomes the run's seed, e.g. "
+              "'distill.teacher=\"multirun/teachers/seed={seed}\"' (quoted on the command line).")
+    if not distill.temperature > 0 or not 0.0 <= distill.weight <= 1.0:
+        _fail(f"distill.temperature={distill.temperature}, distill.weight={distill.weight}.",
+              "The temperature must be positive (SNL and DeepReDuce use 4) and the weight of the distillation term "
+              "lie in [0, 1] (0.9 is usual; 0 trains on the labels alone).")
 
 
 def check_paper(paper: DictConfig) -> None:

@@ -32,8 +32,21 @@ def override_value(override: str) -> str:
 
 
 def split_overrides(joined: str) -> list[str]:
-    """Items of an override string joined with commas (a run's ``group``, Hydra's ``override_dirname``)."""
-    return [item for item in _ITEM_BOUNDARY.split(joined) if item] if joined else []
+    """Items of an override string joined with commas (a run's ``group``, Hydra's ``override_dirname``); a comma
+    inside a quoted value (``distill.teacher="runs/x/a=1,seed={seed}"``) is not a boundary."""
+    if not joined:
+        return []
+    items, start, quote = [], 0, ""
+    for i, char in enumerate(joined):
+        if quote:
+            quote = "" if char == quote else quote
+        elif char in "\"'" and (i == 0 or joined[i - 1] == "="):  # a value that starts with a quote
+            quote = char
+        elif char == "," and _ITEM_BOUNDARY.match(joined, i):
+            items.append(joined[start:i])
+            start = i + 1
+    items.append(joined[start:])
+    return [item for item in items if item]
 
 
 def is_metadata(key: str) -> bool:
@@ -58,8 +71,17 @@ def group_of(result: dict) -> str:
     return ",".join(o for o in split_overrides(result.get("group") or "") if not is_metadata(override_key(o)))
 
 
+def method_of(result: dict) -> str:
+    """The run's ``erase.method`` (``erase``, EraseReLU's proportion rule, for runs recorded before it existed)."""
+    erase = ((result.get("config") or {}).get("erase") or {})
+    return erase.get("method") or (result.get("erase") or {}).get("method") or "erase"
+
+
 def proportion_of(result: dict) -> float | None:
-    """The run's erase proportion, from its erase record."""
+    """The run's erase proportion, from its erase record; None for a method other than EraseReLU's proportion rule
+    (a budgeted method has no proportion)."""
+    if method_of(result) != "erase":
+        return None
     return (result.get("erase") or {}).get("proportion")
 
 

@@ -6,13 +6,14 @@
 - ``proportion.png``: test error against ``erase.proportion``, mean ± std over seeds, one line per family of
   runs that differ only in proportion (the paper's Figure 3 style); only for sweeps over the proportion.
 - ``pareto.png``: test error against the ReLU count of one forward pass (the cost metric of ReLU-reduction
-  work), one line per family; only for sweeps over the proportion whose runs record ``relus``.
+  work), one line per family; only for sweeps over the proportion whose runs record ``relus``. A sweep with a
+  budgeted method (``erase.method`` gates or cull) draws it across methods instead: one series per method, log
+  ReLU axis (``plot_methods``).
 """
 
 from __future__ import annotations
 
 import math
-import re
 import statistics
 import textwrap
 from pathlib import Path
@@ -20,6 +21,7 @@ from pathlib import Path
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, MaxNLocator
 
+from .methods import has_methods, point_label, series_key, series_labels
 from ..common.records import family_of, finite, group_of, is_ok, mean_std, proportion_of, read_metrics, split_overrides
 
 STYLES = (("train", "-"), ("val", ":"), ("test", "--"))
@@ -30,7 +32,7 @@ ZOOM_KEEP = 2.0  # the zoomed panel leaves out configurations whose final test e
 
 def short_labels(configs: list[str]) -> tuple[list[str], str]:
     """Each config's overrides that not every config shares (empty where nothing differs), and the shared ones."""
-    split = [re.split(r",(?=[\w.+~-]+=)", c) if c else [] for c in configs]
+    split = [split_overrides(c) for c in configs]
     common = [item for item in split[0] if all(item in items for items in split)] if split else []
     labels = [",".join(i for i in items if i not in common) for items in split]
     return labels, ",".join(common)
@@ -217,11 +219,46 @@ def write_plots(root: Path, results: list[dict]) -> list[Path]:
     if groups:
         plot_curves(groups, root / "curves.png", fallback=describe(ok[0]))
         written.append(root / "curves.png")
+    methods = has_methods(ok)
     if len({proportion_of(r) for r in ok if proportion_of(r) is not None}) > 1:
         plot_proportions(ok, root / "proportion.png")
         written.append(root / "proportion.png")
         with_relus = [r for r in ok if r.get("relus") is not None]
-        if len({r["relus"] for r in with_relus}) > 1:
+        if len({r["relus"] for r in with_relus}) > 1 and not methods:
             plot_pareto(with_relus, root / "pareto.png")
             written.append(root / "pareto.png")
+    if methods and len({r["relus"] for r in ok if r.get("relus") is not None}) > 1:
+        plot_methods(ok, root / "pareto.png")
+        written.append(root / "pareto.png")
     return written
+
+
+def plot_methods(results: list[dict], path: Path):
+    """Test error against ReLU count (log axis), one series per method, a point per configuration with mean ± std
+    over seeds, labelled with its proportion or budget."""
+    ok = [r for r in results if is_ok(r) and r.get("relus") is not None and r.get("test_error") is not None]
+    series: dict[tuple, dict[str, list[dict]]] = {}
+    for r in ok:
+        series.setdefault(series_key(r), {}).setdefault(group_of(r), []).append(r)
+    labels = series_labels(sorted(series))
+    fig = Figure(figsize=(8, 5), layout="constrained")
+    ax = fig.subplots()
+    for key in sorted(series):
+        points = sorted((statistics.fmean(r["relus"] for r in runs), point_label(runs[0]),
+                         _error_bars([r["test_error"] for r in runs]), len(runs)) for runs in series[key].values())
+        line = ax.errorbar([x for x, *_ in points], [b[0] for _, _, b, _ in points],
+                           yerr=[[b[1] for _, _, b, _ in points], [b[2] for _, _, b, _ in points]], marker="o",
+                           capsize=3, label=f"{labels[key]} (n={max(n for *_, n in points)} per point)")
+        for x, text, (mean, _, _), _ in points:
+            if text:
+                ax.annotate(text, (x, mean), textcoords="offset points", xytext=(4, 4), fontsize=7,
+                            color=line[0].get_color())
+    ax.set_xscale("log")
+    ax.set_xlabel("ReLU elements in one forward pass on one image (log scale)")
+    ax.set_ylabel("test error (%)")
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
+    _caption(fig, "Test error against ReLU count, one series per method, mean ± std over seeds", "")
+    ax.grid(alpha=0.3, which="both")
+    fig.legend(loc="outside lower center", ncols=min(2, len(series)), fontsize="small")
+    fig.savefig(path, dpi=100)
+    return fig

@@ -21,8 +21,9 @@ from .accel import Accel, Compiled, apply_torch_settings, build_accel, prepare_m
 from .concurrent import StackedLoader, StackedModels, check_members, generator_state, with_seed
 from ..common.config import MODEL_META_KEYS
 from ..data import build_loaders
+from .distill import Teacher, distill_loss_fn, find_teacher, frozen_teacher, load_init
 from .distributed import Dist
-from .engine import build_optimizer, build_scheduler
+from .engine import LossFn, build_optimizer, build_scheduler
 from ..erase import EraseRecord, ErasePolicy, apply_erase
 from ..common.errors import UserError
 from ..models import builder_options, create_model, list_models
@@ -41,8 +42,9 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_model(cfg: DictConfig) -> tuple[nn.Module, EraseRecord]:
-    """Create the configured model (initialised by its builder) and apply the erase policy to it."""
+def build_model(cfg: DictConfig, init: Teacher | None = None) -> tuple[nn.Module, EraseRecord]:
+    """Create the configured model (initialised by its builder, or with ``init``'s weights) and apply the erase
+    policy to it."""
     spec = OmegaConf.to_container(cfg.model, resolve=True)
     name = spec["name"]
     kwargs = {k: v for k, v in spec.items() if k not in MODEL_META_KEYS}
@@ -56,11 +58,26 @@ def build_model(cfg: DictConfig) -> tuple[nn.Module, EraseRecord]:
                         f"{', '.join(k for k in accepted if k not in ('num_classes', 'in_chans'))}.")
     try:
         model = create_model(name, num_classes=cfg.dataset.num_classes, in_chans=cfg.dataset.in_chans, **kwargs)
+        if init is not None:  # before erasing: an erase policy wraps or replaces a trained network's ReLUs
+            load_init(model, init)
         erased = apply_erase(model, ErasePolicy(**OmegaConf.to_container(cfg.erase)), input_shape=image_shape(cfg))
     except ValueError as err:
         raise UserError(f"cannot build model {name}: {err}.") from None
     return model, erased
 
+
+
+def load_teacher(cfg: DictConfig, device: torch.device, out_dir: Path | None = None) -> Teacher | None:
+    """The frozen teacher of the run ``cfg`` on ``device`` (``distill.teacher``), or None without one.
+
+    Raises ``UserError`` when the teacher is missing, unfinished, unreadable, or another network or data split.
+    """
+    source = find_teacher(cfg, out_dir)
+    if source is None:
+        return None
+    with torch.random.fork_rng(devices=[]):  # building the teacher must not move the student's random draws
+        model, _ = build_model(source.cfg)
+    return frozen_teacher(model, source, device)
 
 def image_shape(cfg: DictConfig) -> tuple[int, int, int]:
     """(C, H, W) of one input image of the configured dataset."""
@@ -135,6 +152,7 @@ class Member:
     log: logging.Logger
     state: TrainState = field(default_factory=TrainState)
     files: RunFiles | None = None
+    teacher: Teacher | None = None  # distillation's frozen teacher (``distill.teacher``)
 
 
 @dataclass(kw_only=True)
@@ -160,6 +178,7 @@ class Run:
     relus: int | None  # scalar ReLU/PReLU evaluations of one forward pass on one image
     accel: Accel  # autocast, memory format, loss scaling
     compiled: Compiled  # what compiling the model cost (or why it failed)
+    loss_fn: LossFn | None = None  # the training loss in place of cross-entropy (distillation)
 
     @property
     def cfg(self) -> DictConfig:
@@ -186,14 +205,17 @@ def build_run(cfgs: Sequence[DictConfig], out_dirs: Sequence[Path], dist: Dist, 
     macs = count_macs(cfg)
     accel = build_accel(cfg.trainer, device)
     members, generators = [], []
-    for c, out, o, g, member_log in zip(cfgs, out_dirs, overrides, groups, logs):
+    teachers = [load_teacher(c, device, Path(out)) for c, out in zip(cfgs, out_dirs)]
+    for c, out, o, g, member_log, teacher in zip(cfgs, out_dirs, overrides, groups, logs, teachers):
         seed_everything(c.seed)  # each member starts from its own seed's weights and draws
-        model, erased = build_model(c)
+        model, erased = build_model(c, init=teacher if c.distill.init_from_teacher else None)
         model.to(device)
         generators.append(generator_state(device))
         members.append(Member(cfg=c, out_dir=Path(out), model=to_channels_last(model, accel), erased=erased,
                               config=OmegaConf.to_container(c, resolve=True), overrides=list(o), group=g,
-                              log=member_log))
+                              log=member_log, teacher=teacher))
+        if teacher is not None:
+            to_channels_last(teacher.model, accel)
     image = image_shape(cfg)
     stack = None
     if len(members) == 1:
@@ -212,7 +234,10 @@ def build_run(cfgs: Sequence[DictConfig], out_dirs: Sequence[Path], dist: Dist, 
     scheduler = build_scheduler(optimizer, schedule, len(train_loader))
     run = Run(members=members, dist=dist, device=device, train_model=compiled.module, stack=stack,
               optimizer=optimizer, scheduler=scheduler, train_loader=train_loader, eval_loaders=eval_loaders,
-              sizes=sizes, params=params, macs=macs, relus=relus, accel=accel, compiled=compiled)
+              sizes=sizes, params=params, macs=macs, relus=relus, accel=accel, compiled=compiled,
+              # weight 0: the labels alone (init_from_teacher without distillation); the teacher is not run
+              loss_fn=distill_loss_fn(teachers, cfg.distill) if teachers[0] is not None and cfg.distill.weight > 0
+              else None)
     describe(run, schedule)
     return run
 
@@ -247,3 +272,7 @@ def describe(run: Run, schedule: DictConfig) -> None:
     for m in run.members:
         for line in (lines[0], m.erased.summary(), lines[1]):
             m.log.info(line)
+        if m.teacher is not None:
+            d = cfg.distill
+            m.log.info("distilling from %s (sha256 %s…): T=%g, weight %g%s", m.teacher.path, m.teacher.sha256[:12],
+                       d.temperature, d.weight, ", started from its weights" if d.init_from_teacher else "")

@@ -111,6 +111,9 @@ class EpochState:
 
 
 Reduce = Callable[[torch.Tensor], torch.Tensor]
+# (inputs, logits, labels) -> the loss of each member (a scalar for one model): a training loss other than the
+# cross-entropy, e.g. distillation's (erasenet.training.distill)
+LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def member_losses(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -122,14 +125,16 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
                     scheduler: torch.optim.lr_scheduler.LRScheduler, *, epoch: int, progress: bool = False,
                     finite_check_every: int = 50, state: EpochState | None = None,
                     after_step: Callable[[EpochState], bool] | None = None,
-                    reduce: Reduce | None = None, accel: Accel | None = None) -> dict | None:
+                    reduce: Reduce | None = None, accel: Accel | None = None,
+                    loss_fn: LossFn | None = None) -> dict | None:
     """One pass over ``loader``; loss and error (%) summed on the device and read once at the end.
 
     ``state`` continues a partly trained epoch (the loader must start at ``state.step``). ``after_step(state)``
     runs after every step; when it returns True the epoch stops there and None is returned. ``reduce`` sums
     tensors across ranks, so every rank sees the same totals and stops on a non-finite loss at the same step.
     A stack of K models takes K x B batches and gives one loss and error per member; their summed loss gives
-    each member exactly its own gradient.
+    each member exactly its own gradient. ``loss_fn(inputs, logits, labels)`` gives the losses instead of the
+    cross-entropy (distillation: ``erasenet.training.distill``).
     """
     model.train()
     device = next(model.parameters()).device
@@ -140,8 +145,9 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
                disable=not progress, unit="batch")
     for x, y in loader:
         with accel.autocast():
-            logits = model(accel.inputs(x))
-            losses = member_losses(logits, y)
+            inputs = accel.inputs(x)
+            logits = model(inputs)
+            losses = member_losses(logits, y) if loss_fn is None else loss_fn(inputs, logits, y)
         optimizer.zero_grad(set_to_none=True)
         accel.backward_and_step(losses.sum(), optimizer)
         scheduler.step()

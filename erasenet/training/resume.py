@@ -23,12 +23,13 @@ from ..models import builder_options
 
 if TYPE_CHECKING:
     from .build import Run
+    from .distill import Teacher
 
 log = logging.getLogger("erasenet")
 
 # The parts of a config that define the experiment: a checkpoint or result.json from a config that differs in
 # any of them belongs to another run. Everything else (trainer, paths, name) only says how it is run.
-EXPERIMENT_KEYS = ("model", "erase", "dataset", "schedule", "seed")
+EXPERIMENT_KEYS = ("model", "erase", "distill", "dataset", "schedule", "seed")
 NOT_EXPERIMENT = ("dataset.root", "dataset.download")
 
 
@@ -170,6 +171,7 @@ def restore(run: Run, checkpoints: Sequence[Checkpoint | None]) -> None:
         return
     ckpts = [c[0] for c in checkpoints]
     for member, (ckpt, path) in zip(run.members, checkpoints):
+        check_same_teacher(member.teacher, ckpt.get("teacher"), path)
         member.model.load_state_dict(ckpt["model"])
         member.state = train_state(ckpt, run.dist.is_main)
         if member.state.partial is not None:
@@ -191,6 +193,15 @@ def restore(run: Run, checkpoints: Sequence[Checkpoint | None]) -> None:
         run.accel.scaler.load_state_dict(first["scaler"])
 
 
+def check_same_teacher(teacher: Teacher | None, recorded: dict | None, path: Path) -> None:
+    """A distilled run continues only with the teacher it started with (the same weights)."""
+    if teacher is not None and recorded and recorded.get("sha256") != teacher.sha256:
+        raise UserError(f"the checkpoint {path} was trained with the teacher {recorded.get('path')} (sha256 "
+                        f"{str(recorded.get('sha256'))[:12]}…), but distill.teacher now gives {teacher.path} with "
+                        f"other weights (sha256 {teacher.sha256[:12]}…). Restore that teacher to continue, or start "
+                        "afresh with trainer.resume=never.")
+
+
 def checkpoint_state(run: Run, k: int, seconds: float) -> dict:
     """What member ``k``'s checkpoint holds; its ``state.partial`` must already hold the totals over all ranks."""
     member = run.members[k]
@@ -209,4 +220,5 @@ def checkpoint_state(run: Run, k: int, seconds: float) -> dict:
         "best": member.state.best, "history": member.state.history, "seconds": seconds, "rng": rng,
         "config": member.config, "erase": member.erased.as_dict(), "world_size": run.dist.world_size,
         "scaler": run.accel.scaler.state_dict(),
+        "teacher": member.teacher.record() if member.teacher is not None else None,
     }

@@ -207,7 +207,8 @@ def run_epoch(run: Run, epoch: int, after_step: Callable[[EpochState], bool], re
     partial = EpochState.stacked(partials) if partials[0] is not None else None
     run.train_loader.set_epoch(epoch, start_batch=partial.step if partial else 0)
     totals = train_one_epoch(run.train_model, run.train_loader, run.optimizer, run.scheduler, epoch=epoch,
-                             progress=progress, state=partial, after_step=after_step, reduce=reduce, accel=run.accel)
+                             progress=progress, state=partial, after_step=after_step, reduce=reduce, accel=run.accel,
+                             loss_fn=run.loss_fn)
     if totals is None:
         return None
     if run.stack is None:

@@ -116,6 +116,8 @@ def make_result(run: Run, member: Member, status: str, failure: str | None, seco
         "config": member.config, "accel": accel_record(run.accel, run.compiled),
         "paper": OmegaConf.to_container(cfg.paper) if cfg.paper.test_error is not None else None,
     }
+    if member.teacher is not None:
+        result["provenance"]["teacher"] = member.teacher.record()
     if run.stack is not None:
         result["concurrent"] = {"seeds": run.seeds, "wall_seconds": seconds * len(run.members)}
     return result

@@ -1,0 +1,193 @@
+"""Reports across methods: the Pareto plot with one series per method, Welch at equal ReLU budget in the summary
+and methods.csv, the original network as the reference of a budgeted method, and erasenet.select choosing per
+budget on validation. EraseReLU runs are real tiny runs; the budgeted methods' records are those runs' result.json
+files as a gates or cull run writes them (its method, budget, ReLU count and errors)."""
+
+from __future__ import annotations
+
+import copy
+import csv
+import io
+import json
+import statistics
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_module
+
+from erasenet.reports.methods import budget_levels, budget_of
+from erasenet.reports.plots import plot_methods
+from erasenet.results import find_results, summarize, write_summary
+from erasenet.training.run import train_run
+from erasenet.select import main as select_main
+from erasenet.select import select
+
+TINY = ("dataset=digits", "schedule=quick", "schedule.epochs=2", "schedule.milestones=[]", "model=mlp",
+        "model.width=32", "trainer.tensorboard=false", "trainer.num_threads=1", "trainer.progress=off",
+        "trainer.checkpoint=false")
+SEEDS = (0, 1, 2)
+GATES_TEST = [30.0, 31.0, 29.5]  # the gates runs' test errors (%), seeds 0-2
+GATES_VAL = [20.0, 20.5, 19.0]  # lower than any other candidate's at its budget: selection picks it
+CULL_TEST = [40.0, 42.0, 41.0]
+CULL_VAL = [45.0, 44.0, 46.0]
+
+
+def compose_cfg(*overrides: str):
+    with initialize_config_module(config_module="erasenet.conf", version_base=None):
+        return compose(config_name="config", overrides=list(overrides))
+
+
+def as_method(real: dict, root: Path, method: str, budget: float | None, relus: int, test: float, val: float,
+              extra: list[str] = ()) -> None:
+    """The result.json a budgeted method's run of ``real``'s seed writes: its group and overrides, its config's
+    erase.method and erase.budget, the ReLUs of its final network and its errors."""
+    r = copy.deepcopy(real)
+    overrides = [f"erase={method}", *([] if budget is None else [f"erase.budget={budget:g}"]), *extra]
+    r["group"] = ",".join(sorted(overrides))
+    r["overrides"] = overrides + [f"seed={r['seed']}"]
+    r["config"]["erase"].update(method=method, budget=budget, proportion=0.0)
+    r["erase"] = {**r["erase"], "method": method, "proportion": 0.0, "sites": [], "blocks": []}
+    r["relus"], r["test_error"], r["best_val_error"] = relus, test, val
+    run_dir = root / f"{r['group']},seed={r['seed']}"
+    run_dir.mkdir(parents=True)
+    (run_dir / "result.json").write_text(json.dumps(r))
+    (run_dir / "metrics.jsonl").write_text(Path(real["_dir"], "metrics.jsonl").read_text())
+
+
+@pytest.fixture(scope="module")
+def erase_sweep(tmp_path_factory):
+    """Real runs: the original network (p=0) and EraseReLU at p=0.5, three seeds each."""
+    root = tmp_path_factory.mktemp("sweep")
+    for p in (0, 0.5):
+        for seed in SEEDS:
+            group = f"erase.proportion={p}"
+            train_run(compose_cfg(*TINY, group, f"seed={seed}"), root / f"{group},seed={seed}",
+                      overrides=[group, f"seed={seed}"], group=group)
+    return root
+
+
+@pytest.fixture
+def method_sweep(erase_sweep, tmp_path):
+    """The real runs, and gates at p=0.5's ReLU count (absolute budget) and at a fraction of the original's,
+    and a culled network within 1% of p=0.5's count."""
+    root = tmp_path / "sweep"
+    import shutil
+
+    shutil.copytree(erase_sweep, root)
+    real = {(r["erase"]["proportion"], r["seed"]): r for r in find_results(root)}
+    original, half = real[(0.0, 0)]["relus"], real[(0.5, 0)]["relus"]
+    for k, seed in enumerate(SEEDS):
+        as_method(real[(0.5, seed)], root, "gates", half, half, GATES_TEST[k], GATES_VAL[k])
+        as_method(real[(0.5, seed)], root, "gates", 0.25, int(0.25 * original) - 7, 60.0 + k, 55.0 + k)
+        # culling names its stages, not a budget
+        as_method(real[(0.5, seed)], root, "cull", None, int(half * 1.01), CULL_TEST[k], CULL_VAL[k],
+                  extra=["erase.stages=[2]"])
+    return root
+
+
+def test_budget_is_the_configured_count_or_fraction_else_the_counted_relus(method_sweep):
+    results = find_results(method_sweep)
+    original = next(r["relus"] for r in results if r["erase"]["proportion"] == 0 and "method" not in r["erase"])
+    fraction = next(r for r in results if r["config"]["erase"].get("budget") == 0.25)
+    assert budget_of(fraction) is None or budget_of(fraction) == fraction["relus"]  # no relus_original recorded
+    fraction["relus_original"] = original
+    assert budget_of(fraction) == 0.25 * original
+    cull = next(r for r in results if r["config"]["erase"].get("method") == "cull")
+    assert budget_of(cull) == cull["relus"]
+
+
+def test_summary_compares_methods_at_equal_budget_by_welch(method_sweep):
+    from scipy import stats
+
+    results = find_results(method_sweep)
+    real = {(r["erase"]["proportion"], r["seed"]): r for r in results if "method" not in r["erase"]}
+    half_errors = [real[(0.5, s)]["test_error"] for s in SEEDS]
+    original_errors = [real[(0.0, s)]["test_error"] for s in SEEDS]
+    rows = {r["config"]: r for r in summarize(results)}
+    gates = rows[f"erase.budget={real[(0.5, 0)]['relus']},erase=gates"]
+    assert gates["method"] == "gates" and gates["proportion"] is None
+    # a budgeted method's reference is the original network of the same model and data
+    assert gates["reference"] == "erase.proportion=0" and gates["reference_differs"]
+    assert gates["welch"].p == pytest.approx(stats.ttest_ind(GATES_TEST, original_errors, equal_var=False).pvalue,
+                                             rel=1e-9)
+    levels = budget_levels(list(rows.values()))
+    assert [sorted(r["config"] for r in level) for level in levels] == [sorted([
+        "erase.proportion=0.5", gates["config"], "erase.stages=[2],erase=cull"])]
+
+    markdown, written = write_summary(method_sweep)
+    assert "## Methods at equal ReLU budget" in markdown and method_sweep / "methods.csv" in written
+    assert "the original network" in markdown
+    table = list(csv.DictReader(io.StringIO((method_sweep / "methods.csv").read_text())))
+    assert len(table) == 3  # three configurations at one level: every pair once
+    pair = next(t for t in table if {t["method_a"], t["method_b"]} == {"erase", "gates"})
+    a, b = (half_errors, GATES_TEST) if pair["method_a"] == "erase" else (GATES_TEST, half_errors)
+    expected = stats.ttest_ind(a, b, equal_var=False)
+    assert float(pair["p_welch"]) == pytest.approx(expected.pvalue, rel=1e-9)
+    assert float(pair["delta_test_error"]) == pytest.approx(statistics.fmean(a) - statistics.fmean(b))
+    assert float(pair["delta_ci_low"]) == pytest.approx(expected.confidence_interval().low, rel=1e-9)
+    assert float(pair["budget"]) == real[(0.5, 0)]["relus"] and pair["n_a"] == pair["n_b"] == "3"
+    line = next(x for x in markdown.splitlines() if x.startswith(f"| {real[(0.5, 0)]['relus']:,} |")
+                and "gates" in x and "cull" in x)
+    cull_vs_gates = stats.ttest_ind(CULL_TEST, GATES_TEST, equal_var=False)
+    assert f"{cull_vs_gates.pvalue:.3f}" in line or f"{cull_vs_gates.pvalue:.1e}" in line
+
+
+def test_pareto_plot_has_one_series_per_method_on_a_log_relu_axis(method_sweep):
+    _, written = write_summary(method_sweep)
+    assert method_sweep / "pareto.png" in written
+    fig = plot_methods(find_results(method_sweep), method_sweep / "pareto.png")
+    (ax,) = fig.axes
+    assert ax.get_xscale() == "log" and ax.get_ylabel() == "test error (%)"
+    labels = sorted(line.get_label() for line in ax.containers)
+    assert [label.split(" (n=")[0] for label in labels] == ["cull", "erase", "gates"]
+    by_label = {c.get_label().split(" (n=")[0]: c.lines[0].get_data() for c in ax.containers}
+    xs, ys = by_label["gates"]
+    assert len(xs) == 2 and ys[-1] == pytest.approx(statistics.fmean(GATES_TEST))
+    assert {t.get_text() for t in ax.texts} >= {"p=0", "p=0.5", "budget=0.25", "erase.stages=[2]"}
+
+
+def test_select_chooses_at_each_budget_on_validation(method_sweep, capsys):
+    assert select_main([str(method_sweep)]) == 0
+    text = (method_sweep / "selection.md").read_text()
+    row = next(x for x in text.splitlines() if x.startswith("| ") and "gates" in x and "chosen" not in x)
+    assert "| gates |" in row and f"{statistics.fmean(GATES_TEST):.2f} ± {statistics.stdev(GATES_TEST):.2f}" in row
+    assert "vs erase.proportion=0.5: Δ" in row and "vs erase.stages=[2],erase=cull: Δ" in row
+    # the erase family's proportion choice still comes with it (p=0.5 is one of the paper's candidates)
+    assert "## Proportion chosen on validation" in text
+    proportions = select(find_results(method_sweep))  # budgeted runs have no proportion: not candidates
+    assert [r["proportion"] for r in proportions] == [0.5] and proportions[0]["n"] == 3
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_a_sweep_of_erase_alone_is_summarised_as_before(erase_sweep, tmp_path):
+    import shutil
+
+    root = tmp_path / "erase_only"
+    shutil.copytree(erase_sweep, root)
+    markdown, written = write_summary(root)
+    assert "Methods at equal ReLU budget" not in markdown and not (root / "methods.csv").exists()
+    assert root / "pareto.png" in written  # the proportion sweep's own Pareto plot, labelled by proportion
+    from erasenet.reports.plots import plot_pareto
+
+    (ax,) = plot_pareto(find_results(root), root / "pareto.png").axes
+    assert ax.get_xscale() == "linear" and {t.get_text() for t in ax.texts} == {"p=0", "p=0.5"}
+    assert "| (reference) |" in next(x for x in markdown.splitlines() if x.startswith("| erase.proportion=0 |"))
+
+
+def test_a_distilled_run_is_compared_with_the_original_network(erase_sweep, tmp_path):
+    """The documented way: teachers at erase.proportion=0, then students with distill.teacher, in one sweep."""
+    import shutil
+
+    root = tmp_path / "sweep"
+    shutil.copytree(erase_sweep, root)
+    for r in find_results(root):
+        if r["erase"]["proportion"] == 0.5:
+            teacher = f'distill.teacher="{root}/erase.proportion=0,seed={{seed}}"'
+            r["group"] = f"{teacher},erase.proportion=0.5"
+            r["config"]["distill"]["teacher"] = teacher.split("=", 1)[1].strip('"')
+            shutil.move(r.pop("_dir"), root / f"distilled,seed={r['seed']}")
+            (root / f"distilled,seed={r['seed']}" / "result.json").write_text(json.dumps(r))
+    rows = {r["config"]: r for r in summarize(find_results(root))}
+    student = next(r for c, r in rows.items() if c.startswith("distill.teacher="))
+    assert student["reference"] == "erase.proportion=0" and student["reference_differs"]
+    assert student["welch"].n_a == student["welch"].n_b == 3
