@@ -24,6 +24,7 @@ from .data import build_loaders
 from .distributed import Dist
 from .engine import build_optimizer, build_scheduler
 from .erase import EraseRecord, ErasePolicy, apply_erase
+from .gates import GateSchedule, gate_schedule
 from .errors import UserError
 from .models import builder_options, create_model, list_models
 from .rectifiers import count_relus
@@ -56,7 +57,8 @@ def build_model(cfg: DictConfig) -> tuple[nn.Module, EraseRecord]:
                         f"{', '.join(k for k in accepted if k not in ('num_classes', 'in_chans'))}.")
     try:
         model = create_model(name, num_classes=cfg.dataset.num_classes, in_chans=cfg.dataset.in_chans, **kwargs)
-        erased = apply_erase(model, ErasePolicy(**OmegaConf.to_container(cfg.erase)), input_shape=image_shape(cfg))
+        erased = apply_erase(model, ErasePolicy.from_config(OmegaConf.to_container(cfg.erase)),
+                             input_shape=image_shape(cfg))
     except ValueError as err:
         raise UserError(f"cannot build model {name}: {err}.") from None
     return model, erased
@@ -93,6 +95,20 @@ def count_model_relus(model: nn.Module, image: tuple[int, int, int]) -> int | No
     except (RuntimeError, NotImplementedError) as err:  # an op without a meta kernel must not cost the run
         log.warning("could not count ReLUs on the meta device: %s", err)
         return None
+
+
+def count_original_relus(cfg: DictConfig) -> int | None:
+    """ReLU elements of one forward pass of the configured network with nothing erased (built on the meta
+    device: no memory, no math)."""
+    unerased = OmegaConf.merge(cfg, {"erase": {"method": "erase", "proportion": 0.0, "fixed_sites": False,
+                                               "budget": None, "cull_stages": [], "thin": False}})
+    try:
+        with torch.device("meta"):
+            model, _ = build_model(unerased)
+    except (RuntimeError, NotImplementedError) as err:
+        log.warning("could not count the original network's ReLUs on the meta device: %s", err)
+        return None
+    return count_model_relus(model, image_shape(cfg))
 
 
 def progress_enabled(setting: str) -> bool:
@@ -135,6 +151,7 @@ class Member:
     log: logging.Logger
     state: TrainState = field(default_factory=TrainState)
     files: RunFiles | None = None
+    gates: GateSchedule | None = None  # the phases of an erase.method=gates run
 
 
 @dataclass(kw_only=True)
@@ -158,6 +175,7 @@ class Run:
     params: int
     macs: int | None
     relus: int | None  # scalar ReLU/PReLU evaluations of one forward pass on one image
+    relus_original: int | None  # the same for the network with no ReLU erased or gated
     accel: Accel  # autocast, memory format, loss scaling
     compiled: Compiled  # what compiling the model cost (or why it failed)
 
@@ -191,9 +209,13 @@ def build_run(cfgs: Sequence[DictConfig], out_dirs: Sequence[Path], dist: Dist, 
         model, erased = build_model(c)
         model.to(device)
         generators.append(generator_state(device))
+        try:
+            gates = gate_schedule(model, OmegaConf.to_container(c.erase), image_shape(c))
+        except ValueError as err:
+            raise UserError(f"cannot gate model {c.model.name}: {err}.") from None
         members.append(Member(cfg=c, out_dir=Path(out), model=to_channels_last(model, accel), erased=erased,
                               config=OmegaConf.to_container(c, resolve=True), overrides=list(o), group=g,
-                              log=member_log))
+                              log=member_log, gates=gates))
     image = image_shape(cfg)
     stack = None
     if len(members) == 1:
@@ -208,11 +230,12 @@ def build_run(cfgs: Sequence[DictConfig], out_dirs: Sequence[Path], dist: Dist, 
                                         (len(members), schedule.batch_size, *image), dist)
     params = sum(p.numel() for p in members[0].model.parameters())
     relus = count_model_relus(members[0].model, image)
+    relus_original = count_original_relus(cfg)
     optimizer = build_optimizer(members[0].model, schedule, stack.named_member_parameters() if stack else None)
     scheduler = build_scheduler(optimizer, schedule, len(train_loader))
     run = Run(members=members, dist=dist, device=device, train_model=compiled.module, stack=stack,
               optimizer=optimizer, scheduler=scheduler, train_loader=train_loader, eval_loaders=eval_loaders,
-              sizes=sizes, params=params, macs=macs, relus=relus, accel=accel, compiled=compiled)
+              sizes=sizes, params=params, macs=macs, relus=relus, relus_original=relus_original, accel=accel, compiled=compiled)
     describe(run, schedule)
     return run
 

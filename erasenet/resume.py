@@ -47,7 +47,9 @@ class TrainState:
         self.epoch, self.partial = metrics["epoch"], None
         self.history.append(metrics)
         best = self.best["val_error"]
-        if "val_error" in metrics and (best is None or metrics["val_error"] < best):
+        # a gated run's final network exists from its fine-tuning on: only those epochs can be selected
+        final = metrics.get("gate_phase", "finetune") == "finetune"
+        if "val_error" in metrics and final and (best is None or metrics["val_error"] < best):
             self.best = {"val_error": metrics["val_error"], "epoch": metrics["epoch"],
                          "test_error": metrics["test_error"]}
 
@@ -171,6 +173,8 @@ def restore(run: Run, checkpoints: Sequence[Checkpoint | None]) -> None:
     ckpts = [c[0] for c in checkpoints]
     for member, (ckpt, path) in zip(run.members, checkpoints):
         member.model.load_state_dict(ckpt["model"])
+        if member.gates is not None:
+            member.gates.load_state_dict(ckpt["gates"])
         member.state = train_state(ckpt, run.dist.is_main)
         if member.state.partial is not None:
             member.state.partial = member.state.partial.to(run.device)
@@ -209,4 +213,5 @@ def checkpoint_state(run: Run, k: int, seconds: float) -> dict:
         "best": member.state.best, "history": member.state.history, "seconds": seconds, "rng": rng,
         "config": member.config, "erase": member.erased.as_dict(), "world_size": run.dist.world_size,
         "scaler": run.accel.scaler.state_dict(),
+        "gates": member.gates.state_dict() if member.gates is not None else None,
     }
