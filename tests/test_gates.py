@@ -203,3 +203,12 @@ def test_resume_in_the_middle_of_each_phase_is_exact(reference, tmp_path, phase_
     assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
     assert metrics_of(tmp_path) == metrics_of(out)
     assert again["relus"] == json.loads((out / "result.json").read_text())["relus"]
+
+
+def test_gated_seeds_train_one_at_a_time(make_cfg):
+    from erasenet.distributed import Dist
+    from erasenet.run import plan_groups
+
+    alone = Dist()
+    assert plan_groups(make_cfg("erase=gates", "erase.budget=0.5"), {0: None, 1: None}, alone) == [[0], [1]]
+    assert plan_groups(make_cfg("erase=cull", "erase.thin=true"), {0: None, 1: None}, alone) == [[0, 1]]
