@@ -127,7 +127,6 @@ class GateSchedule:
         self.max_epochs = int(erase["gate_epochs"])
         self.phase = "gates"
         self.penalty = float(erase["penalty"])
-        self.lowest: int | None = None
         self.phase_epochs = 0  # gate-learning epochs done
         # the network's count with every gate at 1 (the original's), and the part no gate covers
         capacity = sum(g.cost() * g.mask.numel() for g in self.gates)
@@ -139,6 +138,7 @@ class GateSchedule:
             for g, m in zip(self.gates, saved):
                 g.mask.copy_(m)
         self.ungated = self.original - capacity
+        self.lowest = self.original  # the lowest count so far (SNL starts from the original's)
         self.budget = resolve_budget(float(erase["budget"]), self.original)
         if self.budget < self.ungated:
             raise ValueError(f"erase.budget={erase['budget']:g} allows {self.budget:,} ReLUs per image, fewer than "
@@ -174,7 +174,7 @@ class GateSchedule:
             self.phase_epochs += 1
             count = self.alive()
             metrics["relus_above_threshold"] = count
-            if self.lowest is None or count < self.lowest:
+            if count < self.lowest:
                 self.lowest = count
             elif self.phase_epochs > self.warmup:
                 self.penalty *= self.factor

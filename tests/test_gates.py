@@ -212,3 +212,33 @@ def test_gated_seeds_train_one_at_a_time(make_cfg):
     alone = Dist()
     assert plan_groups(make_cfg("erase=gates", "erase.budget=0.5"), {0: None, 1: None}, alone) == [[0], [1]]
     assert plan_groups(make_cfg("erase=cull", "erase.thin=true"), {0: None, 1: None}, alone) == [[0, 1]]
+
+
+def test_the_penalty_rises_after_an_epoch_with_no_new_low_and_the_state_round_trips():
+    model, _ = gated(TwoConv(), "element")  # 175 gates, one ReLU each
+    schedule = GateSchedule(model, {**GATES, "budget": 50, "penalty_warmup": 1, "penalty_factor": 2.0,
+                                    "gate_epochs": 5}, (1, 5, 5))
+
+    def epoch(alive):
+        with torch.no_grad():
+            for _, g in gates_of(model):
+                g.mask.fill_(0.005)  # below the threshold, not zero: still evaluated
+            gates_of(model)[0][1].mask.view(-1)[:alive] = 0.5
+        metrics = {}
+        schedule.end_epoch(metrics)
+        return metrics
+
+    first = epoch(175 - 75)  # 100 alive: a new low, within the warm-up
+    assert (first["gate_penalty"], first["relus_above_threshold"], first["relus"]) == (1e-5, 100, 175)
+    assert schedule.penalty == 1e-5 and schedule.lowest == 100
+    assert epoch(100)["gate_penalty"] == 1e-5 and schedule.penalty == 2e-5  # no new low: doubled
+    restored = GateSchedule(model, {**GATES, "budget": 50, "gate_epochs": 5}, (1, 5, 5))
+    restored.load_state_dict(schedule.state_dict())
+    assert restored.state_dict() == schedule.state_dict() == {"phase": "gates", "penalty": 2e-5, "lowest": 100,
+                                                               "phase_epochs": 2}
+    last = epoch(40)  # within the budget: binarised, the 40 alive gates kept
+    assert last["gate_phase"] == "gates" and last["relus"] == 40 == count_relus(model, (1, 5, 5))
+    assert schedule.phase == "finetune" and not any(g.mask.requires_grad for _, g in gates_of(model))
+    after = {}
+    schedule.end_epoch(after)  # fine-tuning: the count and penalty stay
+    assert after == {"gate_phase": "finetune", "gate_penalty": 2e-5, "relus": 40}
