@@ -235,7 +235,8 @@ def build_run(cfgs: Sequence[DictConfig], out_dirs: Sequence[Path], dist: Dist, 
     scheduler = build_scheduler(optimizer, schedule, len(train_loader))
     run = Run(members=members, dist=dist, device=device, train_model=compiled.module, stack=stack,
               optimizer=optimizer, scheduler=scheduler, train_loader=train_loader, eval_loaders=eval_loaders,
-              sizes=sizes, params=params, macs=macs, relus=relus, relus_original=relus_original, accel=accel, compiled=compiled)
+              sizes=sizes, params=params, macs=macs, relus=relus, relus_original=relus_original, accel=accel,
+              compiled=compiled)
     describe(run, schedule)
     return run
 

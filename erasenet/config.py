@@ -317,7 +317,8 @@ def check_method(cfg: DictConfig) -> None:
         if not 1 <= e.gate_epochs < cfg.schedule.epochs:
             _fail(f"erase.gate_epochs={e.gate_epochs} with schedule.epochs={cfg.schedule.epochs}: gate learning "
                   f"needs at least one epoch and the binarised network at least one epoch of fine-tuning.",
-                  f"Use 1 <= erase.gate_epochs < schedule.epochs, e.g. erase.gate_epochs={cfg.schedule.epochs // 2 or 1}.")
+                  f"Use 1 <= erase.gate_epochs < schedule.epochs, e.g. "
+                  f"erase.gate_epochs={cfg.schedule.epochs // 2 or 1}.")
         if e.penalty <= 0 or e.penalty_factor < 1 or e.penalty_warmup < 0 or not 0 <= e.threshold < 1:
             _fail(f"erase.penalty={e.penalty}, erase.penalty_factor={e.penalty_factor}, erase.penalty_warmup="
                   f"{e.penalty_warmup}, erase.threshold={e.threshold}.",

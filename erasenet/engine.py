@@ -32,8 +32,8 @@ def build_optimizer(model: nn.Module, schedule: DictConfig,
     """SGD with momentum (Nesterov optional) and weight decay on every parameter, as the papers train.
 
     With ``schedule.prelu_weight_decay=false`` the PReLU slopes form a second group without weight decay, as He
-    et al. 2015 train them; so do SNL gates (``erasenet.gates``) always. ``parameters``: what the optimizer steps, named as ``model`` names its own (a stack's
-    stacked tensors); by default ``model.named_parameters()``.
+    et al. 2015 train them; SNL gates (``erasenet.gates``) are always in it. ``parameters``: what the optimizer
+    steps, named as ``model`` names its own (a stack's stacked tensors); by default ``model.named_parameters()``.
     """
     named = list(model.named_parameters() if parameters is None else parameters)
     slopes = set() if schedule.get("prelu_weight_decay", True) else prelu_slope_names(model)

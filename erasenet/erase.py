@@ -229,7 +229,9 @@ def apply_erase(model: nn.Module, policy: ErasePolicy, activations: Sequence | N
     A zoo model's sites are the ``nn.ReLU`` modules its blocks declare. Any other network is analysed from its
     graph (``erasenet.graph_sites``); there ``activations`` (classes, ``relu``/``relu6`` or dotted class names)
     says which activation calls are sites, by default the model's ``site_activations`` or ``nn.ReLU``.
-    ``input_shape`` (C, H, W of one input) is needed by ``replace="prelu_channel"`` only.
+    ``input_shape`` (C, H, W of one input) is needed by ``replace="prelu_channel"`` and ``method="gates"`` only.
+    ``method="gates"`` puts an unshaped ``Gate`` at every site and shapes it the same way ``prelu_channel`` widens
+    its PReLUs; ``method="cull"`` replaces the sites ``erasenet.cull`` chooses by ``replace``.
     """
     _check_replacement(policy.replace, input_shape, policy.method)
     added: list[nn.Module] = []
