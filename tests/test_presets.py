@@ -37,7 +37,9 @@ def test_preset_composes_and_builds(make_cfg, preset):
     with torch.device("meta"):
         model, record = build_model(cfg)
     assert record.num_blocks > 0
-    if cfg.erase.proportion > 0:
+    if cfg.erase.method != "erase":  # gates: every site; cull: the culled stages' (and the stem's) sites
+        assert record.sites
+    elif cfg.erase.proportion > 0:
         assert record.sites, "a preset that erases must change some site"
     else:
         assert not record.sites
@@ -232,3 +234,28 @@ def test_presets_are_listed_with_what_they_reproduce(capsys):
                                                    "dong2017/t2_preact_resnet110_c10_original",
                                                    "dong2017/t2_resnet110_c10_er", "dong2017/t2_resnet110_c10_original"]
     assert lines[2].endswith("EraseReLU Table 2: ResNet-110 on CIFAR-10, EraseReLU (last ReLU, proportion 1).")
+
+def test_snl_and_deepreduce_presets_carry_the_budgets_and_counts(composed):
+    from erasenet.training.build import image_shape
+    from erasenet.erase.rectifiers import count_relus
+
+    gates = composed["snl2022/resnet18_c100_gates"]
+    assert gates.erase.method == "gates" and gates.model.name == "resnet18_cifar"
+    assert str(gates.hydra.sweeper.params["erase.budget"]).split(",") == ["25000", "50000", "100000", "150000",
+                                                                          "200000", "300000"]
+    assert gates.erase.gate_epochs < gates.schedule.epochs and gates.paper.test_error is None
+    original = composed["snl2022/resnet18_c100_original"]
+    assert (original.erase.proportion, original.schedule.epochs, original.schedule.milestones) == (0.0, 160, [80, 120])
+    cull = composed["deepreduce2021/resnet18_c100_cull"]
+    assert str(cull.hydra.sweeper.params["erase.cull_stages"]) == "[1],[1,2]" and cull.erase.fixed_sites
+    counts = {}
+    for stages in ([1], [1, 2]):
+        for thin in (False, True):
+            cfg = cull.copy()
+            cfg.erase.cull_stages, cfg.erase.thin = stages, thin
+            check_config(cfg)
+            with torch.device("meta"):
+                model, _ = build_model(cfg)
+            counts[(tuple(stages), thin)] = count_relus(model, image_shape(cfg))
+    # as the preset's header says: of 557,056, the stem's 65,536 and the culled stages' go
+    assert counts == {((1,), False): 229376, ((1,), True): 114688, ((1, 2), False): 98304, ((1, 2), True): 49152}

@@ -207,7 +207,9 @@ def test_finished_run_is_skipped(tmp_path, make_cfg, caplog):
 
 # Keys a run recorded before they existed lacks: their defaults are the behaviour from before they existed.
 ADDED_LATER = (("schedule", "prelu_weight_decay"), ("schedule", "decay"), ("dataset", "color_jitter"),
-               ("dataset", "lighting"), ("dataset", "top5"), ("erase", "fixed_sites"), ("model", "batch_norm"))
+               ("dataset", "lighting"), ("dataset", "top5"), ("erase", "fixed_sites"), ("model", "batch_norm"),
+               *(("erase", k) for k in ("method", "budget", "granularity", "gate_epochs", "penalty", "penalty_factor",
+                                        "penalty_warmup", "threshold", "cull_stages", "thin")))
 
 
 def _as_recorded_before(config: dict) -> dict:

@@ -25,6 +25,11 @@ LOCATIONS = ("last", "first", "all")
 # What erase.replace puts in place of an erased ReLU (erasenet.erase builds them).
 REPLACEMENTS = {"identity": "nothing, the ReLU erased", "prelu": "a PReLU with one learned slope per site",
                 "prelu_channel": "a PReLU with one slope per channel"}
+# erase.method: which ReLUs a run changes (erasenet.erase, erasenet.erase.gates, erasenet.erase.cull).
+METHODS = {"erase": "EraseReLU's rule, erase.location in erase.proportion of the blocks",
+           "gates": "SNL: a learned gate on every ReLU, binarised to meet erase.budget",
+           "cull": "DeepReDuce: erase.cull_stages culled, the other stages thinned with erase.thin"}
+GRANULARITIES = ("channel", "element")
 DEVICES = ("auto", "cpu", "cuda")
 PROGRESS = ("auto", "on", "off")
 IMAGE_FOLDER_DATASETS = ("imagenet", "imagenet_subset")  # read from an ImageFolder tree through a DataLoader
@@ -45,6 +50,16 @@ class EraseConfig:
     proportion: float = MISSING  # fraction of blocks erased, evenly spread from the first block
     replace: str = MISSING  # identity (erase) | prelu (one slope per site) | prelu_channel (one per channel)
     fixed_sites: bool = False  # also change the ReLUs outside every block (a stem's, a pre-activation head's)
+    method: str = "erase"  # erase (EraseReLU) | gates (SNL) | cull (DeepReDuce)
+    budget: Optional[float] = None  # gates: ReLUs per image kept; <= 1 a fraction of the original's count
+    granularity: str = "channel"  # gates: one gate per channel or per element of the activation map
+    gate_epochs: int = 20  # gates: most epochs of gate learning before the gates are binarised
+    penalty: float = 1e-5  # gates: initial weight lambda of the L1 penalty lambda * sum |gate|
+    penalty_factor: float = 1.1  # gates: lambda *= this after an epoch whose count is no new low
+    penalty_warmup: int = 5  # gates: epochs of gate learning before lambda may rise
+    threshold: float = 0.01  # gates: a gate above this counts as alive (and may survive binarisation)
+    cull_stages: list[int] = field(default_factory=list)  # cull: 1-based stages whose ReLUs are all erased
+    thin: bool = False  # cull: erase every second ReLU site of the other stages
 
 
 @dataclass
@@ -174,9 +189,12 @@ def with_schema_defaults(config: dict) -> dict:
 
 
 def _schema_defaults(schema: type) -> dict[str, Any]:
-    return {f.name: f.default for f in dataclasses.fields(schema)
-            if f.default is not dataclasses.MISSING and f.default != MISSING
-            and not (isinstance(f.default, str) and "${" in f.default)}  # an interpolation says where, not what
+    defaults = {f.name: f.default for f in dataclasses.fields(schema)
+                if f.default is not dataclasses.MISSING and f.default != MISSING
+                and not (isinstance(f.default, str) and "${" in f.default)}  # an interpolation says where, not what
+    defaults.update({f.name: f.default_factory() for f in dataclasses.fields(schema)
+                     if f.default_factory is not dataclasses.MISSING})
+    return defaults
 
 
 def run_dirname(overrides: str, limit: int = 120) -> str:
@@ -219,6 +237,7 @@ def check_config(cfg: DictConfig) -> None:
     if e.replace not in REPLACEMENTS:
         _fail(f"erase.replace={e.replace!r} is unknown.",
               "Use " + ", ".join(f"{name} ({meaning})" for name, meaning in REPLACEMENTS.items()) + ".")
+    check_method(cfg)
     if not isinstance(cfg.model, DictConfig) or "name" not in cfg.model:
         _fail("the model config has no 'name'.", "Pick a model with model=<name>, e.g. model=resnet20.")
     if s.epochs < 1 or s.batch_size < 1 or s.eval_batch_size < 1:
@@ -308,6 +327,53 @@ def check_distill(distill: DictConfig) -> None:
         _fail(f"distill.temperature={distill.temperature}, distill.weight={distill.weight}.",
               "The temperature must be positive (SNL and DeepReDuce use 4) and the weight of the distillation term "
               "lie in [0, 1] (0.9 is usual; 0 trains on the labels alone).")
+
+def check_method(cfg: DictConfig) -> None:
+    """``erase.method`` and the keys that belong to it (budget and gate schedule, culled stages)."""
+    e = cfg.erase
+    if e.method not in METHODS:
+        _fail(f"erase.method={e.method!r} is unknown.",
+              "Use " + ", ".join(f"{name} ({meaning})" for name, meaning in METHODS.items()) + ".")
+    if e.method != "erase" and e.proportion != 0:
+        _fail(f"erase.proportion={e.proportion} applies to erase.method=erase, not {e.method}.",
+              f"Leave erase.proportion at 0 with erase={e.method}, or pick erase=last (or another) for EraseReLU.")
+    if e.method != "gates" and e.budget is not None:
+        _fail(f"erase.budget={e.budget} applies to erase.method=gates, not {e.method}.",
+              "Use erase=gates erase.budget=..., or leave erase.budget at null.")
+    if e.method != "cull" and (list(e.cull_stages) or e.thin):
+        _fail(f"erase.cull_stages={list(e.cull_stages)} and erase.thin={e.thin} apply to erase.method=cull, not "
+              f"{e.method}.", "Use erase=cull erase.cull_stages=[...], or leave them at [] and false.")
+    if e.method == "gates":
+        if e.budget is None or e.budget <= 0:
+            _fail(f"erase.method=gates needs a positive erase.budget, got {e.budget}.",
+                  "Give the ReLUs per image to keep (erase.budget=50000) or a fraction of the original's "
+                  "(erase.budget=0.1).")
+        if e.granularity not in GRANULARITIES:
+            _fail(f"erase.granularity={e.granularity!r} is unknown.", "Use channel or element.")
+        if e.replace != "identity":
+            _fail(f"erase.replace={e.replace} does not apply to erase.method=gates: a gate at 0 is the identity.",
+                  "Leave erase.replace at identity.")
+        if not 1 <= e.gate_epochs < cfg.schedule.epochs:
+            _fail(f"erase.gate_epochs={e.gate_epochs} with schedule.epochs={cfg.schedule.epochs}: gate learning "
+                  f"needs at least one epoch and the binarised network at least one epoch of fine-tuning.",
+                  f"Use 1 <= erase.gate_epochs < schedule.epochs, e.g. "
+                  f"erase.gate_epochs={cfg.schedule.epochs // 2 or 1}.")
+        if e.penalty <= 0 or e.penalty_factor < 1 or e.penalty_warmup < 0 or not 0 <= e.threshold < 1:
+            _fail(f"erase.penalty={e.penalty}, erase.penalty_factor={e.penalty_factor}, erase.penalty_warmup="
+                  f"{e.penalty_warmup}, erase.threshold={e.threshold}.",
+                  "Use penalty > 0, penalty_factor >= 1, penalty_warmup >= 0 and 0 <= threshold < 1 (SNL: 1e-5, "
+                  "1.1, 5, 0.01).")
+        if cfg.trainer.distributed:
+            _fail("erase.method=gates does not run under DDP (trainer=ddp): binarising freezes the gates in the "
+                  "middle of the run, which DDP's gradient buckets do not allow.",
+                  "Train gated runs in one process (trainer=default); sweeps run their seeds one at a time.")
+    if e.method == "cull":
+        stages = list(e.cull_stages)
+        if any(s < 1 for s in stages) or len(set(stages)) != len(stages):
+            _fail(f"erase.cull_stages={stages} must list distinct 1-based stages.", "E.g. erase.cull_stages=[1,2].")
+        if not stages and not e.thin and not e.fixed_sites:
+            _fail("erase.method=cull with no culled stage, no thinning and no fixed sites changes nothing.",
+                  "Name stages (erase.cull_stages=[1]), set erase.thin=true, or use erase=none.")
 
 
 def check_paper(paper: DictConfig) -> None:

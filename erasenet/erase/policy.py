@@ -6,7 +6,7 @@ any other network is analysed from its computation graph (``erasenet.erase.graph
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from fractions import Fraction
 import math
 
@@ -14,7 +14,8 @@ from typing import Sequence
 
 import torch.nn as nn
 
-from . import graph_sites
+from . import cull, graph_sites
+from .gates import Gate, shape_gates
 from .sites import declared_sites, fixed_sites, iter_blocks
 from .rectifiers import rectifier_calls
 
@@ -26,12 +27,28 @@ REPLACEMENTS: dict[str, type[nn.Module]] = {"identity": nn.Identity, "prelu": nn
 
 @dataclass(frozen=True)
 class ErasePolicy:
-    """``location``: ``last``, ``first``, ``all`` or a 1-based site index within each block (``"2"``)."""
+    """``location``: ``last``, ``first``, ``all`` or a 1-based site index within each block (``"2"``).
+
+    ``method``: ``erase`` (EraseReLU's rule: ``location`` in a ``proportion`` of the blocks), ``gates`` (an SNL
+    gate on every site, ``erasenet.erase.gates``) or ``cull`` (DeepReDuce's culling and thinning, ``erasenet.erase.cull``).
+    """
 
     location: str = "last"
     proportion: float = 0.0
     replace: str = "identity"
     fixed_sites: bool = False  # also change the rectifiers outside every block (a stem's, a pre-activation head's)
+    method: str = "erase"
+    budget: float | None = None  # gates: ReLUs per image kept (<= 1: a fraction of the original's)
+    granularity: str = "channel"  # gates: one per channel or per element
+    cull_stages: Sequence[int] = ()  # cull: 1-based stages whose ReLUs are all erased
+    thin: bool = False  # cull: erase every second ReLU site of the other stages
+
+    @classmethod
+    def from_config(cls, erase: dict) -> "ErasePolicy":
+        """The policy of an ``erase`` config node (its training-schedule keys, such as the gates' penalty, are
+        the training loop's)."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: (tuple(v) if k == "cull_stages" else v) for k, v in erase.items() if k in names})
 
 
 @dataclass
@@ -44,11 +61,24 @@ class EraseRecord:
     sites: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict:
-        return {"location": self.policy.location, "proportion": self.policy.proportion,
-                "replace": self.policy.replace, "fixed_sites": self.policy.fixed_sites, "num_blocks": self.num_blocks,
-                "blocks": self.blocks, "sites": self.sites}
+        p = self.policy
+        record = {"location": p.location, "proportion": p.proportion, "replace": p.replace,
+                  "fixed_sites": p.fixed_sites, "num_blocks": self.num_blocks, "blocks": self.blocks,
+                  "sites": self.sites, "method": p.method}
+        if p.method == "gates":
+            record.update(budget=p.budget, granularity=p.granularity)
+        elif p.method == "cull":
+            record.update(cull_stages=list(p.cull_stages), thin=p.thin)
+        return record
 
     def summary(self) -> str:
+        p = self.policy
+        if p.method == "gates":
+            return (f"gates: {len(self.sites)} site(s) gated per {p.granularity}, budget {p.budget:g} ReLUs per "
+                    f"image{' of the original' if p.budget <= 1 else ''}: " + ", ".join(self.sites))
+        if p.method == "cull":
+            return (f"cull: {len(self.sites)} site(s) -> {p.replace} (stages {list(p.cull_stages) or 'none'} culled"
+                    f"{', the rest thinned' if p.thin else ''}){': ' if self.sites else ''}" + ", ".join(self.sites))
         if not self.sites:
             return f"erase: nothing changed ({self.num_blocks} blocks, proportion {self.policy.proportion:g})"
         return (f"erase: {len(self.sites)} site(s) -> {self.policy.replace} in {len(self.blocks)}/{self.num_blocks} "
@@ -91,7 +121,10 @@ def _pick(block_name: str, sites: Sequence, names: list[str], ends_with_site: bo
                      f"{', '.join(names)}; use last, first, all or a site index 1..{len(sites)}")
 
 
-def _check_replacement(kind: str, input_shape: Sequence[int] | None) -> None:
+def _check_replacement(kind: str, input_shape: Sequence[int] | None, method: str = "erase") -> None:
+    if method == "gates" and input_shape is None:
+        raise ValueError("erase.method=gates gives each gate the shape of the tensor it sees, which a forward pass "
+                         "finds: pass input_shape=(C, H, W), the shape of one input image")
     if kind not in REPLACEMENTS:
         raise ValueError(f"erase.replace must be one of {', '.join(REPLACEMENTS)}, got {kind!r}")
     if kind == "prelu_channel" and input_shape is None:
@@ -131,8 +164,22 @@ def model_activations(model: nn.Module, activations: Sequence | None = None) -> 
     return graph_sites.resolve_activations(chosen) if chosen is not None else (nn.ReLU,)
 
 
+def _plan_budgeted(blocks: list[tuple[str, list[str]]], fixed: list[str], policy: ErasePolicy) -> EraseRecord:
+    """Gates: every site; cull: the sites of the culled stages and every second one of the rest (thin)."""
+    if policy.method == "gates":
+        chosen = [s for _, sites in blocks for s in sites] + list(fixed)
+    else:
+        chosen = cull.choose_sites(blocks, fixed, policy.cull_stages, policy.thin, policy.fixed_sites)
+    picked = set(chosen)
+    return EraseRecord(policy, len(blocks), [i + 1 for i, (_, sites) in enumerate(blocks) if picked & set(sites)],
+                       chosen)
+
+
 def _plan_declared(model: nn.Module, policy: ErasePolicy) -> EraseRecord:
     blocks = list(iter_blocks(model))
+    if policy.method != "erase":
+        return _plan_budgeted([(name, [f"{name}.{s}" for s in block.sites]) for name, block in blocks],
+                              fixed_sites(model), policy)
     record = EraseRecord(policy, len(blocks))
     for index in select_blocks(len(blocks), policy.proportion):
         name, block = blocks[index - 1]
@@ -148,6 +195,10 @@ def _plan_declared(model: nn.Module, policy: ErasePolicy) -> EraseRecord:
 
 
 def _plan_found(found: graph_sites.GraphSites, policy: ErasePolicy) -> tuple[EraseRecord, list]:
+    if policy.method != "erase":
+        record = _plan_budgeted([(b.name, b.site_names) for b in found.blocks], [s.name for s in found.fixed], policy)
+        by_name = {s.name: s for s in found.sites}
+        return record, [by_name[name] for name in record.sites]
     record, chosen = EraseRecord(policy, len(found.blocks)), []
     for index in select_blocks(len(found.blocks), policy.proportion):
         block = found.blocks[index - 1]
@@ -165,7 +216,7 @@ def _plan_found(found: graph_sites.GraphSites, policy: ErasePolicy) -> tuple[Era
 def plan_erase(model: nn.Module, policy: ErasePolicy, activations: Sequence | None = None, *,
                input_shape: Sequence[int] | None = None) -> EraseRecord:
     """The record ``apply_erase`` would return, leaving ``model`` unchanged."""
-    _check_replacement(policy.replace, input_shape)
+    _check_replacement(policy.replace, input_shape, policy.method)
     if declares_sites(model):
         return _plan_declared(model, policy)
     return _plan_found(graph_sites.analyse(model, model_activations(model, activations)), policy)[0]
@@ -178,13 +229,15 @@ def apply_erase(model: nn.Module, policy: ErasePolicy, activations: Sequence | N
     A zoo model's sites are the ``nn.ReLU`` modules its blocks declare. Any other network is analysed from its
     graph (``erasenet.erase.graph_sites``); there ``activations`` (classes, ``relu``/``relu6`` or dotted class names)
     says which activation calls are sites, by default the model's ``site_activations`` or ``nn.ReLU``.
-    ``input_shape`` (C, H, W of one input) is needed by ``replace="prelu_channel"`` only.
+    ``input_shape`` (C, H, W of one input) is needed by ``replace="prelu_channel"`` and ``method="gates"`` only.
+    ``method="gates"`` puts an unshaped ``Gate`` at every site and shapes it the same way ``prelu_channel`` widens
+    its PReLUs; ``method="cull"`` replaces the sites ``erasenet.erase.cull`` chooses by ``replace``.
     """
-    _check_replacement(policy.replace, input_shape)
+    _check_replacement(policy.replace, input_shape, policy.method)
     added: list[nn.Module] = []
 
     def replacement() -> nn.Module:
-        added.append(REPLACEMENTS[policy.replace]())
+        added.append(Gate(policy.granularity) if policy.method == "gates" else REPLACEMENTS[policy.replace]())
         return added[-1]
 
     if not declares_sites(model):
@@ -203,6 +256,8 @@ def apply_erase(model: nn.Module, policy: ErasePolicy, activations: Sequence | N
             setattr(model.get_submodule(parent_name), leaf, replacement())
     # A site's channel count is known only once a forward pass reaches it; a shared module's calls (torchvision's
     # BasicBlock.relu) and functional ReLUs have no module of their own to ask before erasing, their new PReLUs do.
-    if policy.replace == "prelu_channel" and added:
+    if policy.method == "gates":
+        shape_gates(model, added, input_shape)
+    elif policy.replace == "prelu_channel" and added:
         _slope_per_channel(model, added, input_shape)
     return record

@@ -87,8 +87,17 @@ def rectifier_calls(model: nn.Module, input_shape: Sequence[int], batch: int = 1
 
 
 def count_relus(model: nn.Module, input_shape: Sequence[int]) -> int:
-    """Scalar ReLU and PReLU evaluations of one forward pass on one image of ``input_shape`` (C, H, W)."""
-    return sum(call.elements for call in rectifier_calls(model, input_shape))
+    """Scalar ReLU and PReLU evaluations of one forward pass on one image of ``input_shape`` (C, H, W).
+
+    A module that computes a ReLU for only some of its elements (an SNL gate, ``erasenet.erase.gates.Gate``: none
+    under a gate at 0) says how many of a call's elements count through its ``counted_relus(elements)``.
+    """
+    modules = dict(model.named_modules())
+    total = 0
+    for call in rectifier_calls(model, input_shape):
+        counted = getattr(modules.get(call.module), "counted_relus", None)
+        total += call.elements if counted is None else counted(call.elements)
+    return total
 
 
 def contract_violations(calls: Iterable[RectifierCall], declared: Sequence[str]) -> list[str]:

@@ -28,6 +28,7 @@ from ..erase import EraseRecord, ErasePolicy, apply_erase
 from ..common.errors import UserError
 from ..models import builder_options, create_model, list_models
 from ..erase.rectifiers import count_relus
+from ..erase.gates import GateSchedule, gate_schedule
 from .resume import TrainState
 
 if TYPE_CHECKING:
@@ -60,7 +61,8 @@ def build_model(cfg: DictConfig, init: Teacher | None = None) -> tuple[nn.Module
         model = create_model(name, num_classes=cfg.dataset.num_classes, in_chans=cfg.dataset.in_chans, **kwargs)
         if init is not None:  # before erasing: an erase policy wraps or replaces a trained network's ReLUs
             load_init(model, init)
-        erased = apply_erase(model, ErasePolicy(**OmegaConf.to_container(cfg.erase)), input_shape=image_shape(cfg))
+        erased = apply_erase(model, ErasePolicy.from_config(OmegaConf.to_container(cfg.erase)),
+                             input_shape=image_shape(cfg))
     except ValueError as err:
         raise UserError(f"cannot build model {name}: {err}.") from None
     return model, erased
@@ -112,6 +114,20 @@ def count_model_relus(model: nn.Module, image: tuple[int, int, int]) -> int | No
         return None
 
 
+def count_original_relus(cfg: DictConfig) -> int | None:
+    """ReLU elements of one forward pass of the configured network with nothing erased (built on the meta
+    device: no memory, no math)."""
+    unerased = OmegaConf.merge(cfg, {"erase": {"method": "erase", "proportion": 0.0, "fixed_sites": False,
+                                               "budget": None, "cull_stages": [], "thin": False}})
+    try:
+        with torch.device("meta"):
+            model, _ = build_model(unerased)
+    except (RuntimeError, NotImplementedError) as err:
+        log.warning("could not count the original network's ReLUs on the meta device: %s", err)
+        return None
+    return count_model_relus(model, image_shape(cfg))
+
+
 def progress_enabled(setting: str) -> bool:
     if setting == "auto":
         return sys.stderr.isatty() and not os.environ.get("CI")
@@ -153,6 +169,7 @@ class Member:
     state: TrainState = field(default_factory=TrainState)
     files: RunFiles | None = None
     teacher: Teacher | None = None  # distillation's frozen teacher (``distill.teacher``)
+    gates: GateSchedule | None = None  # the phases of an erase.method=gates run
 
 
 @dataclass(kw_only=True)
@@ -176,6 +193,7 @@ class Run:
     params: int
     macs: int | None
     relus: int | None  # scalar ReLU/PReLU evaluations of one forward pass on one image
+    relus_original: int | None  # the same for the network with no ReLU erased or gated
     accel: Accel  # autocast, memory format, loss scaling
     compiled: Compiled  # what compiling the model cost (or why it failed)
     loss_fn: LossFn | None = None  # the training loss in place of cross-entropy (distillation)
@@ -211,9 +229,13 @@ def build_run(cfgs: Sequence[DictConfig], out_dirs: Sequence[Path], dist: Dist, 
         model, erased = build_model(c, init=teacher if c.distill.init_from_teacher else None)
         model.to(device)
         generators.append(generator_state(device))
+        try:
+            gates = gate_schedule(model, OmegaConf.to_container(c.erase), image_shape(c))
+        except ValueError as err:
+            raise UserError(f"cannot gate model {c.model.name}: {err}.") from None
         members.append(Member(cfg=c, out_dir=Path(out), model=to_channels_last(model, accel), erased=erased,
                               config=OmegaConf.to_container(c, resolve=True), overrides=list(o), group=g,
-                              log=member_log, teacher=teacher))
+                              log=member_log, teacher=teacher, gates=gates))
         if teacher is not None:
             to_channels_last(teacher.model, accel)
     image = image_shape(cfg)
@@ -230,11 +252,13 @@ def build_run(cfgs: Sequence[DictConfig], out_dirs: Sequence[Path], dist: Dist, 
                                         (len(members), schedule.batch_size, *image), dist)
     params = sum(p.numel() for p in members[0].model.parameters())
     relus = count_model_relus(members[0].model, image)
+    relus_original = count_original_relus(cfg)
     optimizer = build_optimizer(members[0].model, schedule, stack.named_member_parameters() if stack else None)
     scheduler = build_scheduler(optimizer, schedule, len(train_loader))
     run = Run(members=members, dist=dist, device=device, train_model=compiled.module, stack=stack,
               optimizer=optimizer, scheduler=scheduler, train_loader=train_loader, eval_loaders=eval_loaders,
-              sizes=sizes, params=params, macs=macs, relus=relus, accel=accel, compiled=compiled,
+              sizes=sizes, params=params, macs=macs, relus=relus, relus_original=relus_original, accel=accel,
+              compiled=compiled,
               # weight 0: the labels alone (init_from_teacher without distillation); the teacher is not run
               loss_fn=distill_loss_fn(teachers, cfg.distill) if teachers[0] is not None and cfg.distill.weight > 0
               else None)

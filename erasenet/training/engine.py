@@ -15,6 +15,7 @@ from tqdm import tqdm
 
 from .accel import Accel
 from ..common.errors import UserError
+from ..erase.gates import mask_names
 
 
 class NonFiniteLoss(RuntimeError):
@@ -31,11 +32,12 @@ def build_optimizer(model: nn.Module, schedule: DictConfig,
     """SGD with momentum (Nesterov optional) and weight decay on every parameter, as the papers train.
 
     With ``schedule.prelu_weight_decay=false`` the PReLU slopes form a second group without weight decay, as He
-    et al. 2015 train them. ``parameters``: what the optimizer steps, named as ``model`` names its own (a stack's
-    stacked tensors); by default ``model.named_parameters()``.
+    et al. 2015 train them; SNL gates (``erasenet.erase.gates``) are always in it. ``parameters``: what the optimizer
+    steps, named as ``model`` names its own (a stack's stacked tensors); by default ``model.named_parameters()``.
     """
     named = list(model.named_parameters() if parameters is None else parameters)
     slopes = set() if schedule.get("prelu_weight_decay", True) else prelu_slope_names(model)
+    slopes |= mask_names(model)  # SNL gates: their L1 penalty is their regulariser
     groups = [{"params": [p for n, p in named if n not in slopes]}]
     if any(n in slopes for n, _ in named):
         groups.append({"params": [p for n, p in named if n in slopes], "weight_decay": 0.0})
@@ -126,7 +128,8 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
                     finite_check_every: int = 50, state: EpochState | None = None,
                     after_step: Callable[[EpochState], bool] | None = None,
                     reduce: Reduce | None = None, accel: Accel | None = None,
-                    loss_fn: LossFn | None = None) -> dict | None:
+                    loss_fn: LossFn | None = None,
+                    penalty: Callable[[], torch.Tensor] | None = None) -> dict | None:
     """One pass over ``loader``; loss and error (%) summed on the device and read once at the end.
 
     ``state`` continues a partly trained epoch (the loader must start at ``state.step``). ``after_step(state)``
@@ -134,7 +137,9 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
     tensors across ranks, so every rank sees the same totals and stops on a non-finite loss at the same step.
     A stack of K models takes K x B batches and gives one loss and error per member; their summed loss gives
     each member exactly its own gradient. ``loss_fn(inputs, logits, labels)`` gives the losses instead of the
-    cross-entropy (distillation: ``erasenet.training.distill``).
+    cross-entropy (distillation: ``erasenet.training.distill``). ``penalty()``, when given, is a term computed from
+    the model's own parameters (SNL's gate penalty) added to the loss each step; the loss recorded is the task's
+    alone.
     """
     model.train()
     device = next(model.parameters()).device
@@ -149,7 +154,7 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
             logits = model(inputs)
             losses = member_losses(logits, y) if loss_fn is None else loss_fn(inputs, logits, y)
         optimizer.zero_grad(set_to_none=True)
-        accel.backward_and_step(losses.sum(), optimizer)
+        accel.backward_and_step(losses.sum() + penalty() if penalty is not None else losses.sum(), optimizer)
         scheduler.step()
         state.loss_sum = state.loss_sum + losses.detach().float() * y.shape[-1]
         state.wrong = state.wrong + (logits.detach().argmax(-1) != y).sum(-1)

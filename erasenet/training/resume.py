@@ -48,7 +48,9 @@ class TrainState:
         self.epoch, self.partial = metrics["epoch"], None
         self.history.append(metrics)
         best = self.best["val_error"]
-        if "val_error" in metrics and (best is None or metrics["val_error"] < best):
+        # a gated run's final network exists from its fine-tuning on: only those epochs can be selected
+        final = metrics.get("gate_phase", "finetune") == "finetune"
+        if "val_error" in metrics and final and (best is None or metrics["val_error"] < best):
             self.best = {"val_error": metrics["val_error"], "epoch": metrics["epoch"],
                          "test_error": metrics["test_error"]}
 
@@ -173,6 +175,8 @@ def restore(run: Run, checkpoints: Sequence[Checkpoint | None]) -> None:
     for member, (ckpt, path) in zip(run.members, checkpoints):
         check_same_teacher(member.teacher, ckpt.get("teacher"), path)
         member.model.load_state_dict(ckpt["model"])
+        if member.gates is not None:
+            member.gates.load_state_dict(ckpt["gates"])
         member.state = train_state(ckpt, run.dist.is_main)
         if member.state.partial is not None:
             member.state.partial = member.state.partial.to(run.device)
@@ -221,4 +225,5 @@ def checkpoint_state(run: Run, k: int, seconds: float) -> dict:
         "config": member.config, "erase": member.erased.as_dict(), "world_size": run.dist.world_size,
         "scaler": run.accel.scaler.state_dict(),
         "teacher": member.teacher.record() if member.teacher is not None else None,
+        "gates": member.gates.state_dict() if member.gates is not None else None,
     }

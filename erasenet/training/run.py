@@ -75,7 +75,8 @@ def train_runs(cfgs: Sequence[DictConfig], out_dirs: Sequence[Path], overrides: 
 
 def plan_groups(cfg: DictConfig, pending: dict[int, Checkpoint | None], dist: Dist) -> list[list[int]]:
     """The runs that train together: those resuming from one point (epoch, step), fresh ones at (0, 0)."""
-    if dist.enabled or cfg.dataset.name in IMAGE_FOLDER_DATASETS:  # no stacking: one run at a time
+    # no stacking: one run at a time (a gated run changes its gates' phase, which a stack does not follow)
+    if dist.enabled or cfg.dataset.name in IMAGE_FOLDER_DATASETS or cfg.erase.get("method") == "gates":
         return [[k] for k in pending]
     by_point: dict[tuple[int, int], list[int]] = {}
     for k, found in pending.items():
@@ -173,6 +174,8 @@ def fit(run: Run) -> tuple[str, str | None]:
             if metrics is None:
                 raise interrupted(stop, run)
             for m, epoch_metrics in zip(members, metrics):
+                if m.gates is not None:  # SNL: raise the penalty, or binarise the gates, before the checkpoint
+                    m.gates.end_epoch(epoch_metrics)
                 m.state.finish_epoch(epoch_metrics)
                 m.files.log_epoch(epoch_metrics)  # before the checkpoint: a kill in between repeats the epoch
             save()
@@ -206,9 +209,11 @@ def run_epoch(run: Run, epoch: int, after_step: Callable[[EpochState], bool], re
     partials = [m.state.partial for m in run.members]
     partial = EpochState.stacked(partials) if partials[0] is not None else None
     run.train_loader.set_epoch(epoch, start_batch=partial.step if partial else 0)
+    gates = run.members[0].gates  # gated runs train alone (plan_groups)
     totals = train_one_epoch(run.train_model, run.train_loader, run.optimizer, run.scheduler, epoch=epoch,
                              progress=progress, state=partial, after_step=after_step, reduce=reduce, accel=run.accel,
-                             loss_fn=run.loss_fn)
+                             loss_fn=run.loss_fn,
+                             penalty=gates.penalty_term if gates is not None and gates.learning else None)
     if totals is None:
         return None
     if run.stack is None:

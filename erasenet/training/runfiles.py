@@ -68,7 +68,7 @@ class RunFiles:
         self.metrics.flush()
         if self.writer:
             for key, value in metrics.items():
-                if key != "epoch":
+                if key != "epoch" and not isinstance(value, str):  # a gated run's phase is a word
                     self.writer.add_scalar(scalar_tag(key), value, metrics["epoch"])
             self.writer.flush()
 
@@ -109,7 +109,8 @@ def make_result(run: Run, member: Member, status: str, failure: str | None, seco
         "test_error_at_best_val": best["test_error"],
         "selection": "best epoch on val, test reported" if run.sizes["val"] else "none (dataset.val_size=0)",
         "splits": run.sizes, "split_sources": describe_splits(cfg.dataset), "params": run.params, "macs": run.macs,
-        "relus": run.relus,
+        "relus": member.gates.relus() if member.gates is not None else run.relus,
+        "relus_original": run.relus_original,
         "erased": member.erased.sites, "erase": member.erased.as_dict(), "device": str(run.device),
         "cpu": cpu_model(), "num_threads": torch.get_num_threads(), "processes": run.dist.world_size, "seconds": seconds, "versions": library_versions(),
         "provenance": provenance(list(member.overrides)),

@@ -1,0 +1,226 @@
+"""SNL's budgeted linearisation (Cho et al., ICML 2022): a trainable gate on every ReLU, learned, then binarised.
+
+A :class:`Gate` stands where a ReLU was: ``y = m * relu(x) + (1 - m) * x``, with ``m`` one value per channel or
+per element of the activation map, initialised to 1 (the original ReLU). A run with ``erase.method=gates`` goes
+through three phases in its one training loop, each resumable:
+
+1. *gate learning* (``erase.gate_epochs`` epochs at most): weights and gates train together; the loss gains
+   ``lambda * sum |m|`` over every gate entry (SNL's L1 penalty). After each epoch the ReLU count is the number
+   of ReLUs whose gate exceeds ``erase.threshold``; when it is no lower than the lowest so far (after
+   ``erase.penalty_warmup`` epochs), ``lambda`` is multiplied by ``erase.penalty_factor``. The phase ends when
+   the count is within ``erase.budget`` or at its last epoch;
+2. *binarise*: the gates above the threshold, highest first, are set to 1 while the ReLUs they cost fit the
+   budget; every other gate is set to 0. The gates are frozen (``requires_grad`` off: the optimizer skips them);
+3. *fine-tune*: the weights train on for the remaining epochs, the gates fixed.
+
+A gate at 0 makes its ReLUs the identity and costs nothing; a gate at 1 costs one ReLU per element it covers
+(``Gate.counted_relus``, which ``erasenet.erase.rectifiers.count_relus`` asks).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+
+from .rectifiers import count_relus, rectifier_calls
+
+log = logging.getLogger("erasenet")
+
+GRANULARITIES = ("channel", "element")
+PHASES = ("gates", "finetune")
+
+
+class Gate(nn.Module):
+    """``m * relu(x) + (1 - m) * x``; ``m`` (parameter ``mask``) has one entry per channel or per element of
+    one sample, set by :func:`shape_gates` once a forward pass has shown the shape of what the gate sees."""
+
+    def __init__(self, granularity: str = "channel"):
+        super().__init__()
+        if granularity not in GRANULARITIES:
+            raise ValueError(f"erase.granularity must be one of {', '.join(GRANULARITIES)}, got {granularity!r}")
+        self.granularity = granularity
+        self.mask: nn.Parameter | None = None
+        self.elements = 0  # of one sample, as the gate sees it
+
+    def shape_from(self, sample_shape: Sequence[int]) -> None:
+        """Create the mask (all ones) for inputs of ``sample_shape`` (one sample: C[, H, W])."""
+        sample_shape = tuple(sample_shape)
+        if self.granularity == "channel":
+            shape = (sample_shape[0],) + (1,) * (len(sample_shape) - 1) if sample_shape else ()
+        else:
+            shape = sample_shape
+        self.elements = int(torch.Size(sample_shape).numel())
+        self.mask = nn.Parameter(torch.ones(shape))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.mask is None:  # not yet shaped: the ReLU it stands for
+            return torch.relu(x)
+        m = self.mask.to(x.dtype)
+        return m * torch.relu(x) + (1 - m) * x
+
+    def cost(self) -> int:
+        """ReLUs per sample that one gate entry stands for (the elements it covers)."""
+        return self.elements // self.mask.numel()
+
+    def counted_relus(self, elements: int) -> int:
+        """Of the ``elements`` ReLUs one call computes, those still evaluated: the ones under non-zero gates."""
+        if self.mask is None or self.mask.is_meta:
+            return elements
+        return elements // self.mask.numel() * int(torch.count_nonzero(self.mask.detach()))
+
+    def extra_repr(self) -> str:
+        return f"granularity={self.granularity}, shape={tuple(self.mask.shape) if self.mask is not None else None}"
+
+
+def gates_of(model: nn.Module) -> list[tuple[str, Gate]]:
+    """Every gate of ``model``, in registration order, with its qualified name."""
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, Gate)]
+
+
+def mask_names(model: nn.Module) -> set[str]:
+    """The parameter names of every gate's mask (kept out of weight decay: the L1 penalty is their regulariser)."""
+    return {f"{name}.mask" for name, _ in gates_of(model)}
+
+
+def shape_gates(model: nn.Module, gates: Sequence[Gate], input_shape: Sequence[int]) -> None:
+    """Give each of ``gates`` (unshaped, already in ``model``) its mask, from the shape one evaluation-mode
+    forward pass of one ``input_shape`` input on the meta device shows at the gate."""
+    try:
+        calls = rectifier_calls(model, input_shape)
+    except (RuntimeError, NotImplementedError) as err:  # an operator without a meta kernel
+        raise ValueError(f"erase.method=gates could not find the shapes its gates see: a forward pass of one "
+                         f"{'x'.join(map(str, input_shape))} input on the meta device failed ({err})") from None
+    names = {id(m): name for name, m in model.named_modules()}
+    shapes = {c.module: c.shape[1:] for c in calls if issubclass(c.module_type, Gate)}
+    for gate in gates:
+        name = names[id(gate)]
+        if name not in shapes:
+            raise ValueError(f"erase.method=gates: the gate at {name} never ran in an evaluation-mode forward pass "
+                             f"of one {'x'.join(map(str, input_shape))} input, so its shape is unknown")
+        gate.shape_from(shapes[name])
+        if any(p.is_meta for p in model.parameters()):
+            gate.mask = nn.Parameter(gate.mask.to("meta"))
+
+
+def resolve_budget(budget: float, original: int) -> int:
+    """A budget of ReLUs per image: a fraction (<= 1) of the original network's ``original``, or a count."""
+    return int(budget * original) if budget <= 1 else int(budget)
+
+
+class GateSchedule:
+    """The phases of a gated run: the penalty weight, the lowest count so far, and binarisation.
+
+    Its state (``state_dict``) travels in the run's checkpoints; with the model's masks it is all a resume needs.
+    """
+
+    def __init__(self, model: nn.Module, erase: dict, input_shape: Sequence[int]):
+        self.model = model
+        self.gates = [g for _, g in gates_of(model)]
+        if not self.gates:
+            raise ValueError("erase.method=gates found no ReLU site to gate")
+        self.threshold = float(erase["threshold"])
+        self.factor = float(erase["penalty_factor"])
+        self.warmup = int(erase["penalty_warmup"])
+        self.max_epochs = int(erase["gate_epochs"])
+        self.phase = "gates"
+        self.penalty = float(erase["penalty"])
+        self.phase_epochs = 0  # gate-learning epochs done
+        # the network's count with every gate at 1 (the original's), and the part no gate covers
+        capacity = sum(g.cost() * g.mask.numel() for g in self.gates)
+        with torch.no_grad():
+            saved = [g.mask.detach().clone() for g in self.gates]
+            for g in self.gates:
+                g.mask.fill_(1.0)
+            self.original = count_relus(model, input_shape)
+            for g, m in zip(self.gates, saved):
+                g.mask.copy_(m)
+        self.ungated = self.original - capacity
+        self.lowest = self.original  # the lowest count so far (SNL starts from the original's)
+        self.budget = resolve_budget(float(erase["budget"]), self.original)
+        if self.budget < self.ungated:
+            raise ValueError(f"erase.budget={erase['budget']:g} allows {self.budget:,} ReLUs per image, fewer than "
+                             f"the {self.ungated:,} no gate covers; raise the budget")
+
+    # --- the penalty term the training loop adds to its loss ---------------------------------------------------
+
+    @property
+    def learning(self) -> bool:
+        return self.phase == "gates"
+
+    def penalty_term(self) -> torch.Tensor:
+        """``lambda * sum |m|`` over every gate entry (SNL's L1 penalty)."""
+        return self.penalty * sum(g.mask.abs().sum() for g in self.gates)
+
+    # --- counts ---------------------------------------------------------------------------------------------
+
+    def alive(self) -> int:
+        """ReLUs per image whose gate is above the threshold, plus those no gate covers."""
+        return self.ungated + sum(g.cost() * int((g.mask.detach() > self.threshold).sum()) for g in self.gates)
+
+    def relus(self) -> int:
+        """ReLUs per image the network evaluates now: every element under a non-zero gate."""
+        return self.ungated + sum(g.cost() * int(torch.count_nonzero(g.mask.detach())) for g in self.gates)
+
+    # --- the phases -----------------------------------------------------------------------------------------
+
+    def end_epoch(self, metrics: dict) -> None:
+        """After an epoch's evaluation: record the phase, penalty and count in ``metrics``; in gate learning,
+        raise the penalty or binarise."""
+        metrics["gate_phase"], metrics["gate_penalty"] = self.phase, self.penalty
+        if self.phase == "gates":
+            self.phase_epochs += 1
+            count = self.alive()
+            metrics["relus_above_threshold"] = count
+            if count < self.lowest:
+                self.lowest = count
+            elif self.phase_epochs > self.warmup:
+                self.penalty *= self.factor
+            if count <= self.budget or self.phase_epochs >= self.max_epochs:
+                self.binarise()
+                log.info("gates binarised after %d epoch(s): %s ReLUs per image (budget %s, %s above the "
+                         "threshold)", self.phase_epochs, f"{self.relus():,}", f"{self.budget:,}", f"{count:,}")
+        metrics["relus"] = self.relus()
+
+    @torch.no_grad()
+    def binarise(self) -> None:
+        """Keep the gates above the threshold, highest first, while their ReLUs fit the budget; set them to 1,
+        the rest to 0, and freeze every gate."""
+        values = torch.cat([g.mask.detach().flatten().float().cpu() for g in self.gates])
+        costs = torch.cat([torch.full((g.mask.numel(),), g.cost(), dtype=torch.long) for g in self.gates])
+        order = torch.sort(values, descending=True, stable=True).indices
+        spent = torch.cumsum(costs[order], 0)
+        keep = order[(spent <= self.budget - self.ungated) & (values[order] > self.threshold)]
+        binary = torch.zeros_like(values)
+        binary[keep] = 1.0
+        start = 0
+        for g in self.gates:
+            n = g.mask.numel()
+            g.mask.copy_(binary[start:start + n].view_as(g.mask))
+            start += n
+        self.phase = "finetune"
+        self.freeze()
+
+    def freeze(self) -> None:
+        for g in self.gates:
+            g.mask.requires_grad_(False)
+            g.mask.grad = None
+
+    def state_dict(self) -> dict:
+        return {"phase": self.phase, "penalty": self.penalty, "lowest": self.lowest,
+                "phase_epochs": self.phase_epochs}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.phase, self.penalty, self.lowest = state["phase"], state["penalty"], state["lowest"]
+        self.phase_epochs = state["phase_epochs"]
+        if self.phase == "finetune":
+            self.freeze()
+
+
+def gate_schedule(model: nn.Module, erase: dict, input_shape: Sequence[int]) -> GateSchedule | None:
+    """The schedule of a run with ``erase.method=gates``; None for any other method."""
+    if erase.get("method", "erase") != "gates":
+        return None
+    return GateSchedule(model, erase, input_shape)
