@@ -26,6 +26,20 @@ def refuse(err: UserError) -> None:
     sys.exit(2)
 
 
+def stop(err: UserError) -> None:
+    """Print the one paragraph of an error that stopped a run (a full disk, a run held by another process) and
+    exit with its status (``err.exit_code``); the run's files stay as they are."""
+    print(f"\nerror: {err}\n", file=sys.stderr)
+    sys.exit(err.exit_code)
+
+
+def in_sweep() -> bool:
+    """Whether the current Hydra job is one of a multirun's."""
+    from hydra.types import RunMode
+
+    return HydraConfig.get().mode == RunMode.MULTIRUN
+
+
 def _remove_if_empty(out_dir: Path) -> None:
     """Remove a run directory that holds nothing but Hydra's own bookkeeping, so a rejected run leaves no trace."""
     if out_dir.is_dir() and all(p.name in (".hydra", "train.log") for p in out_dir.iterdir()):
