@@ -38,15 +38,15 @@ def is_disk_full(err: BaseException) -> bool:
 
 
 def mount_of(path: Path) -> tuple[Path, str]:
-    """The mount point holding ``path`` and the file system mounted there (its device, as /proc/mounts says)."""
-    path, device = Path(os.path.realpath(path)), "of unknown device"
+    """The mount point holding ``path`` and what is mounted there (``ext4 file system /dev/sda1``)."""
+    path, device = Path(os.path.realpath(path)), "file system"
     while not os.path.ismount(path) and path != path.parent:
         path = path.parent
     try:
         for line in Path("/proc/mounts").read_text().splitlines():
             fields = line.split()
             if len(fields) > 2 and fields[1] == str(path):
-                device = f"{fields[0]} ({fields[2]})"
+                device = f"{fields[2]} file system {fields[0]}"
     except OSError:  # not Linux: the mount point alone names the disk
         pass
     return path, device
@@ -71,7 +71,7 @@ def disk_full(run_dirs: Sequence[Path], err: BaseException, overrides: Sequence[
     kept = (f"the last good checkpoint is {kept}" if len(run_dirs) == 1 and kept
             else f"the last good checkpoints are {kept}" if kept else "no checkpoint had been written yet")
     message = (f"disk full: the disk holding {first if len(run_dirs) == 1 else f'the run directories {first}, ...'} "
-               f"(the file system {device} mounted at {mount}) has "
+               f"(the {device} mounted at {mount}) has "
                f"{'an unknown amount of' if free is None else f'{free / 2**20:.1f} MiB'} free space left, and a "
                f"write failed ({_reason(err)}). What the run wrote before is intact: "
                f"{kept}. Free some space on {mount} (or lower trainer.keep_checkpoints, or move the run "
