@@ -111,11 +111,9 @@ def read(run_dir: Path) -> tuple[dict, float] | None:
 
 
 def live_holder(run_dir: Path) -> dict | None:
-    """The record of the live process holding ``run_dir`` (not this one), if any."""
+    """The record of the live process holding ``run_dir``, if any."""
     found = read(run_dir)
-    if found is None or (found[0].get("pid") == os.getpid() and found[0].get("host") == socket.gethostname()):
-        return None
-    return None if gone(*found) else found[0]
+    return None if found is None or gone(*found) else found[0]
 
 
 class RunLock:
