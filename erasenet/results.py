@@ -29,7 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 from .config import with_schema_defaults
 from .records import (failure_of, final_train_error, finite, format_mean_std, format_p, group_of, is_ok,
                       mean_std, override_key, proportion_of, run_group, split_overrides)
-from .runlock import describe, live_holder
+from .runlock import RUNNING, describe, live_holder
 from .stats import Welch, welch
 
 METRICS = (  # (result key, column title)
@@ -37,7 +37,6 @@ METRICS = (  # (result key, column title)
     ("best_val_error", "best val error (%)"),
     ("test_error_at_best_val", "test @ best val (%)"),
 )
-RUNNING = "running elsewhere"  # the status of a run that another process is training
 FAILURE_FILE = "failure.json"  # a run directory's record of a job that raised: {"status": "failed", "failure": ...}
 # Config parts that must agree for two runs to be one configuration apart from erase: dataset keys that only say
 # where and how the files are read do not count.
@@ -148,8 +147,8 @@ def _name_of(result: dict) -> str:
 
 def summarize(results: Iterable[dict]) -> list[dict]:
     """One row per configuration: n, failed, unfinished and running runs (with the failures' reasons and the
-    running runs' holders), mean and std of every metric, the comparison with the reference (Welch), the published values and differences, ReLUs,
-    params, MACs, mean seconds."""
+    running runs' holders), mean and std of every metric, the comparison with the reference (Welch), the
+    published values and differences, ReLUs, params, MACs, mean seconds."""
     results = list(results)
     several_names = len({_name_of(r) for r in results}) > 1
     groups: dict[tuple[str, str], list[dict]] = {}
@@ -257,8 +256,8 @@ def to_markdown(rows: list[dict]) -> str:
     sources: list[tuple[str, str]] = []
     references: list[tuple[str, str]] = []
     for r in rows:
-        n = f"{r['n']}" + "".join(f" (+{r[k]} {label})" for k, label in (("failed", "failed"), ("unfinished", "unfinished"),
-                                                                       ("running", RUNNING)) if r[k])
+        n = f"{r['n']}" + "".join(f" (+{r[k]} {label})" for k, label in
+                                  (("failed", "failed"), ("unfinished", "unfinished"), ("running", RUNNING)) if r[k])
         cells = [r["config"], n] + [format_mean_std(r[k], r[k + "_std"]) for k, _ in METRICS]
         cells += significance_cells(r)
         if r["reference_differs"]:
@@ -298,7 +297,8 @@ def to_markdown(rows: list[dict]) -> str:
                    if running else "")
 
 
-CSV_FIELDS = (["config", "n", "failed", "unfinished", "running"] + [k for key, _ in METRICS for k in (key, key + "_std")]
+CSV_FIELDS = (["config", "n", "failed", "unfinished", "running"]
+              + [k for key, _ in METRICS for k in (key, key + "_std")]
               + ["reference", "ref_n", "delta_test_error", "delta_ci_low", "delta_ci_high", "p_welch",
                  "paper_test_error", "paper_test_error_std", "paper_metric", "paper_source", "diff",
                  "test_top5_error", "test_top5_error_std", "paper_test_top5_error", "top5_diff",

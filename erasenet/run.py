@@ -29,7 +29,6 @@ from .runfiles import RunFiles, check_writable, disk_needed, log_file, make_resu
 from .runlock import RunLock, RunLocked
 
 log = logging.getLogger("erasenet")
-RUNNING_ELSEWHERE = "running elsewhere"  # the status of a sweep's run that another process holds
 
 
 def train_run(cfg: DictConfig, out_dir: Path, overrides: Sequence[str] = (), group: str = "", *,
@@ -92,7 +91,7 @@ def _train_locked(cfgs: Sequence[DictConfig], out_dirs: list[Path], overrides: l
             raise refusal
         if refusal is not None:
             log.warning("skipping %s: it is running elsewhere (%s)", out_dirs[k], runlock.describe(refusal.holder))
-            results[k] = {"status": RUNNING_ELSEWHERE, "failure": None, "seed": cfgs[k].seed,
+            results[k] = {"status": runlock.RUNNING, "failure": None, "seed": cfgs[k].seed,
                           "holder": refusal.holder}
     for k, (c, out) in enumerate(zip(cfgs, out_dirs)):
         if k in results:

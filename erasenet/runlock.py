@@ -28,6 +28,7 @@ LOCK_FILE = ".lock"
 HEARTBEAT_S = 60.0
 STALE_S = 600.0  # ten missed heartbeats
 EXIT_CODE = 75  # EX_TEMPFAIL of sysexits.h: try again later
+RUNNING = "running elsewhere"  # the status of a sweep's run that another process holds
 
 
 class RunLocked(UserError):
