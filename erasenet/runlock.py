@@ -2,10 +2,11 @@
 
 The process that trains a run holds ``RUN_DIR/.lock``: a JSON record of its host, pid, the time it took the lock,
 and its Slurm job, created in whole or not at all (written beside, then hard-linked into place, which fails if the
-lock exists, also on NFS). While it holds the lock, a thread touches the file every ``HEARTBEAT_S`` seconds. A
-second process on the same run is refused with the holder's description. A lock whose holder is gone is taken
-over, with a warning: on the same host, when its process no longer exists (a pid reused by another process counts
-as gone: the process's start time is part of the record); elsewhere, when its heartbeat is older than
+lock exists, also on NFS; on a file system without hard links it is created with ``O_EXCL``). While it holds the
+lock, a thread touches the file every ``HEARTBEAT_S`` seconds. A second process on the same run is refused with
+the holder's description. A lock whose holder is gone is taken over, with a warning: on the same host, when its
+process no longer exists (a pid reused by another process counts as gone: the process's start time is part of
+the record); from another host (or another container, or before a reboot), when its heartbeat is older than
 ``STALE_S``; and in a Slurm job, when it was left by an earlier run of this very job (a requeue). Under DDP rank 0
 holds it.
 """
@@ -58,10 +59,18 @@ def _boot_id() -> str | None:
         return None
 
 
+def _pid_namespace() -> str | None:
+    """Which pids this process sees (containers on one host, even with one host name, each have their own)."""
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return None
+
+
 def me() -> dict:
     """This process's record."""
     return {"host": socket.gethostname(), "pid": os.getpid(), "start": _start_ticks(os.getpid()), "boot": _boot_id(),
-            "since": datetime.now().astimezone().isoformat(timespec="seconds"),
+            "pidns": _pid_namespace(), "since": datetime.now().astimezone().isoformat(timespec="seconds"),
             "slurm_job": os.environ.get("SLURM_JOB_ID"), "slurm_restart": os.environ.get("SLURM_RESTART_COUNT", "0")}
 
 
@@ -77,8 +86,8 @@ def gone(holder: dict, heartbeat: float, now: float | None = None) -> str | None
     if holder.get("slurm_job") and holder.get("slurm_job") == mine["slurm_job"] and \
             holder.get("slurm_restart") != mine["slurm_restart"]:
         return f"an earlier run of Slurm job {holder['slurm_job']} (requeued since)"
-    if holder.get("host") == mine["host"] and (holder.get("boot") is None or holder.get("boot") == mine["boot"]):
-        pid = holder.get("pid")
+    if holder.get("host") == mine["host"] and all(holder.get(k) in (None, mine[k]) for k in ("boot", "pidns")):
+        pid = holder.get("pid")  # a process this one can see
         if not isinstance(pid, int):
             return "a record without a process"
         if holder.get("start") is not None and mine["start"] is not None:
@@ -92,8 +101,7 @@ def gone(holder: dict, heartbeat: float, now: float | None = None) -> str | None
         except PermissionError:  # a live process of another user
             pass
         return None
-    if holder.get("host") == mine["host"]:
-        return "the host rebooted since"
+    # another host, or one that shares this host's name: another machine, a container, or this one rebooted
     age = (time.time() if now is None else now) - heartbeat
     return f"no heartbeat for {age / 60:.0f} min" if age > STALE_S else None
 
@@ -153,13 +161,22 @@ class RunLock:
                         "again once they have finished.", self.run_dir, {})
 
     def _create(self, record: dict) -> bool:
+        text = json.dumps(record) + "\n"
         tmp = self.run_dir / f"{LOCK_FILE}.{socket.gethostname()}.{os.getpid()}.tmp"
-        tmp.write_text(json.dumps(record) + "\n")
+        tmp.write_text(text)
         try:
             os.link(tmp, self.path)
             return True
         except FileExistsError:
             return False
+        except OSError:  # a file system without hard links: create the lock exclusively, then fill it in
+            try:
+                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                return False
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
+            return True
         finally:
             tmp.unlink(missing_ok=True)
 

@@ -93,6 +93,17 @@ def test_another_hosts_lock_holds_while_its_heartbeat_is_fresh(tmp_path, caplog)
     lock.release()
 
 
+def test_a_process_in_another_container_of_this_host_is_judged_by_its_heartbeat(tmp_path):
+    """Its pid means nothing here (another pid namespace, even under this host's name): only time tells."""
+    write_lock(tmp_path, pid=dead_pid(), pidns="pid:[1]", age_s=60)
+    with pytest.raises(RunLocked, match=f"host {socket.gethostname()}"):
+        RunLock(tmp_path).acquire()
+    write_lock(tmp_path, pid=dead_pid(), pidns="pid:[1]", age_s=runlock.STALE_S + 60)
+    lock = RunLock(tmp_path)
+    lock.acquire()
+    lock.release()
+
+
 def test_a_requeued_slurm_job_takes_over_its_earlier_run(tmp_path, monkeypatch, caplog):
     write_lock(tmp_path, host="node-elsewhere", pid=1, slurm_job="4242", slurm_restart="0")
     monkeypatch.setenv("SLURM_JOB_ID", "4242")
