@@ -53,6 +53,7 @@ def in_child(out: Path, fault: tuple[str, int, str] | None = None) -> int:
     pid = os.fork()
     if pid == 0:  # the child: never returns into pytest
         code = 1
+        signal.alarm(120)  # a child that hangs dies, and its test fails, instead of the suite hanging
         try:
             if fault:
                 faults.arm(*fault)
@@ -77,7 +78,9 @@ def metrics(out: Path, whole_lines_only: bool = False) -> list[dict]:
 def reference(tmp_path_factory):
     """The uninterrupted run, keeping every checkpoint it writes; trained here, so that the children start warm."""
     out = tmp_path_factory.mktemp("reference")
+    threads = torch.get_num_threads()
     train_run(compose_tiny("trainer.keep_checkpoints=1000"), out)
+    torch.set_num_threads(threads)  # as the other tests of this process expect
     return out
 
 
