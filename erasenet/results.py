@@ -5,8 +5,9 @@ the experiment (device, data root, ...) and metadata (``paper.*``). Runs with eq
 are seeds of one configuration. Each configuration is compared with its reference, the same configuration at
 ``erase.proportion=0`` (a preset's original network counts when the sweep holds it), by Welch's t-test.
 
-A run directory Hydra made without a ``result.json`` is failed when it holds a failure record (``failure.json``,
-written when the job raised), else unfinished (killed, preempted, still running).
+A run directory Hydra made without a ``result.json`` is running elsewhere while another live process holds its
+lock (erasenet.common.runlock), failed when it holds a failure record (``failure.json``, written when the job raised or
+the disk filled up), else unfinished (killed, preempted).
 
     python -m erasenet.results DIR    # (re)write DIR/summary.md, DIR/summary.csv and the plots
 """
@@ -26,9 +27,10 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from .common.config import with_schema_defaults
-from .reports.methods import base_of, budget_of, has_methods, methods_csv, methods_markdown
 from .common.records import (failure_of, final_train_error, finite, format_mean_std, format_p, group_of, is_ok,
-                      mean_std, method_of, override_key, proportion_of, run_group, split_overrides)
+                             mean_std, method_of, override_key, proportion_of, run_group, split_overrides)
+from .common.runlock import RUNNING, describe, live_holder
+from .reports.methods import base_of, budget_of, has_methods, methods_csv, methods_markdown
 from .reports.stats import Welch, welch
 
 METRICS = (  # (result key, column title)
@@ -90,7 +92,10 @@ def find_incomplete(root: Path) -> list[dict]:
                   "seed": int(seeds[0]) if seeds else None, "overrides": overrides, "_dir": str(run_dir),
                   "config": _run_config(run_dir)}
         failure = _read_failure(run_dir / FAILURE_FILE)
-        if failure is not None:
+        holder = live_holder(run_dir)
+        if holder is not None:
+            record.update(status=RUNNING, holder=holder)
+        elif failure is not None:
             record.update(status="failed", failure=failure)
         found.append(record)
     return found
@@ -143,9 +148,9 @@ def _name_of(result: dict) -> str:
 
 
 def summarize(results: Iterable[dict]) -> list[dict]:
-    """One row per configuration: n, failed and unfinished runs (with the failures' reasons), mean and std of
-    every metric, the comparison with the reference (Welch), the published values and differences, ReLUs,
-    params, MACs, mean seconds."""
+    """One row per configuration: n, failed, unfinished and running runs (with the failures' reasons and the
+    running runs' holders), mean and std of every metric, the comparison with the reference (Welch), the
+    published values and differences, ReLUs, params, MACs, mean seconds."""
     results = list(results)
     several_names = len({_name_of(r) for r in results}) > 1
     groups: dict[tuple[str, str], list[dict]] = {}
@@ -155,17 +160,20 @@ def summarize(results: Iterable[dict]) -> list[dict]:
     for (name, group), runs in sorted(groups.items()):
         ok = [r for r in runs if is_ok(r)]
         unfinished = [r for r in runs if r.get("status") == "unfinished"]
-        failed = [r for r in runs if not is_ok(r) and r.get("status") != "unfinished"]
+        running = [r for r in runs if r.get("status") == RUNNING]
+        failed = [r for r in runs if not is_ok(r) and r.get("status") not in ("unfinished", RUNNING)]
         label = group or "(defaults)"
         row: dict[str, Any] = {
             "config": f"{name}: {label}" if several_names and name else label, "n": len(ok),
-            "unfinished": len(unfinished), "failed": len(failed), "seeds": sorted(r.get("seed") for r in ok),
+            "unfinished": len(unfinished), "running": len(running), "failed": len(failed),
+            "seeds": sorted(r.get("seed") for r in ok),
             "failures": [(r.get("seed"), r.get("_dir"), failure_of(r) or "no reason recorded") for r in failed],
+            "holders": [(r.get("seed"), r.get("_dir"), describe(r.get("holder") or {})) for r in running],
             "test_errors": finite(r.get("test_error") for r in ok)}
         for key, _ in METRICS + (("test_top5_error", ""),):
             row[key], row[key + "_std"] = mean_std(r.get(key) for r in ok)
         row["train_error"], row["train_error_std"] = mean_std(final_train_error(r) for r in ok)
-        first = (ok or [r for r in runs if r.get("status") != "unfinished"] or runs)[0]
+        first = (ok or [r for r in runs if r.get("status") not in ("unfinished", RUNNING)] or runs)[0]
         compare_with_paper(row, first.get("paper"), proportion_of(first))
         row["params"], row["macs"] = first.get("params"), first.get("macs")
         relus = finite(r.get("relus") for r in ok)
@@ -262,7 +270,8 @@ def to_markdown(rows: list[dict]) -> str:
     sources: list[tuple[str, str]] = []
     references: list[tuple[str, str]] = []
     for r in rows:
-        n = f"{r['n']}" + "".join(f" (+{r[k]} {k})" for k in ("failed", "unfinished") if r[k])
+        n = f"{r['n']}" + "".join(f" (+{r[k]} {label})" for k, label in
+                                  (("failed", "failed"), ("unfinished", "unfinished"), ("running", RUNNING)) if r[k])
         cells = [r["config"], n] + [format_mean_std(r[k], r[k + "_std"]) for k, _ in METRICS]
         cells += significance_cells(r)
         if r["reference_differs"]:
@@ -297,11 +306,16 @@ def to_markdown(rows: list[dict]) -> str:
               enumerate(sources, 1)]
     failures = [f"- {r['config']}{'' if seed is None else f', seed {seed}'}: {reason} ({run_dir})" for r in rows
                 for seed, run_dir, reason in r["failures"]]
+    running = [f"- {r['config']}{'' if seed is None else f', seed {seed}'}: {holder} ({run_dir})" for r in rows
+               for seed, run_dir, holder in r["holders"]]
     text = "\n".join(lines) + "\n" + "".join(f"\n{note}\n" for note in notes)
-    return text + ("\nFailed runs:\n\n" + "\n".join(failures) + "\n" if failures else "")
+    text += "\nFailed runs:\n\n" + "\n".join(failures) + "\n" if failures else ""
+    return text + ("\nRunning elsewhere (another process is training these runs):\n\n" + "\n".join(running) + "\n"
+                   if running else "")
 
 
-CSV_FIELDS = (["config", "n", "failed", "unfinished"] + [k for key, _ in METRICS for k in (key, key + "_std")]
+CSV_FIELDS = (["config", "n", "failed", "unfinished", "running"]
+              + [k for key, _ in METRICS for k in (key, key + "_std")]
               + ["reference", "ref_n", "delta_test_error", "delta_ci_low", "delta_ci_high", "p_welch",
                  "paper_test_error", "paper_test_error_std", "paper_metric", "paper_source", "diff",
                  "test_top5_error", "test_top5_error_std", "paper_test_top5_error", "top5_diff",

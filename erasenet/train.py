@@ -14,7 +14,7 @@ from omegaconf import DictConfig
 
 from .cli.help import register_help_resolver
 from .cli.hydra_errors import exit_if_config_error, reporting_config_errors
-from .cli.job import job_context, refuse
+from .cli.job import in_sweep, job_context, refuse, stop
 from .common.config import check_config, register_configs
 from .common.errors import UserError
 from .training.preemption import Interrupted
@@ -31,7 +31,8 @@ def main(cfg: DictConfig) -> float | None:
         from .training.run import train_run  # torch and friends: only once the config is known to be good
 
         out_dir, overrides, group = job_context()
-        result = train_run(cfg, out_dir, overrides=overrides, group=group)
+        # in a sweep a run that another process is training is skipped (and listed so in the summary)
+        result = train_run(cfg, out_dir, overrides=overrides, group=group, skip_locked=in_sweep())
         return result.get("best_val_error")
     except Interrupted as err:  # a checkpoint was written and the one line saying so logged
         sys.exit(err.exit_code)
@@ -40,6 +41,8 @@ def main(cfg: DictConfig) -> float | None:
               "command again to resume from the last checkpoint", file=sys.stderr)
         sys.exit(130)
     except UserError as err:
+        if hasattr(err, "exit_code"):  # a run that stopped (a full disk, another process on it): its files stay
+            stop(err)
         refuse(err)
 
 

@@ -85,6 +85,20 @@ def refuse(err: UserError, out_dirs: list[Path] | None = None) -> None:
     sys.exit(2)
 
 
+def stop(err: UserError) -> None:
+    """Print the one paragraph of an error that stopped a run (a full disk, a run held by another process) and
+    exit with its status (``err.exit_code``); the run's files stay as they are."""
+    print(f"\nerror: {err}\n", file=sys.stderr)
+    sys.exit(err.exit_code)
+
+
+def in_sweep() -> bool:
+    """Whether the current Hydra job is one of a multirun's."""
+    from hydra.types import RunMode
+
+    return HydraConfig.get().mode == RunMode.MULTIRUN
+
+
 def _created(path: str) -> bool:
     """Whether this process created ``path``: noted as absent before, and not a mount point."""
     return _EXISTED.get(path) is False and not os.path.ismount(path)

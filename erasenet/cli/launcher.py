@@ -72,7 +72,7 @@ class ConcurrentLauncher(BasicLauncher):
                        configure_logging=configure_logging)
 
     def _run_together(self, configs: list[DictConfig]) -> list[JobReturn]:
-        from .job import job_context, refuse
+        from .job import job_context, refuse, stop
 
         prepared = []
 
@@ -97,7 +97,7 @@ class ConcurrentLauncher(BasicLauncher):
 
         try:
             cfgs, out_dirs, overrides, groups = map(list, zip(*prepared))
-            results = train_runs(cfgs, out_dirs, overrides, groups, log_files=True)
+            results = train_runs(cfgs, out_dirs, overrides, groups, log_files=True, skip_locked=True)
         except Interrupted as err:  # checkpoints are written and the line saying so logged, as in train.main
             sys.exit(err.exit_code)
         except KeyboardInterrupt:
@@ -105,6 +105,8 @@ class ConcurrentLauncher(BasicLauncher):
                   "the last checkpoints", file=sys.stderr)
             sys.exit(130)
         except UserError as err:
+            if hasattr(err, "exit_code"):  # a run that stopped (a full disk, another process on it): its files stay
+                stop(err)
             refuse(err, [out for _, out, _, _ in prepared])
         for ret, result in zip(returns, results):
             ret.return_value = result.get("best_val_error")

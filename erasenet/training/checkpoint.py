@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from ..common import faults
 from ..common.atomic import atomic_write
 
 log = logging.getLogger("erasenet")
@@ -16,7 +17,7 @@ log = logging.getLogger("erasenet")
 
 def save_checkpoint(path: Path, state: dict) -> None:
     """Save ``state`` (tensors, numbers, strings, lists, dicts) atomically."""
-    atomic_write(path, lambda f: torch.save(state, f))
+    atomic_write(path, lambda f: torch.save(state, f), "checkpoint")
 
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict:
@@ -51,6 +52,7 @@ def save_run_checkpoint(run_dir: Path, state: dict, keep: int) -> Path:
     """Write ``state`` as the run's newest checkpoint and delete all but the newest ``keep``."""
     path = checkpoint_path(run_dir, state["epoch"], state["step"])
     save_checkpoint(path, {"format": FORMAT, **state})
+    faults.point("checkpoint.prune")
     for old in list_checkpoints(run_dir)[:-keep]:
         old.unlink(missing_ok=True)
     return path

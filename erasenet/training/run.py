@@ -17,33 +17,39 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from . import distributed
+from ..common import faults, runlock
 from .build import Member, Run, build_run, configure_torch, progress_enabled
 from .concurrent import check_members
 from ..common.config import IMAGE_FOLDER_DATASETS
+from .diskfull import disk_full, is_disk_full
 from .distributed import Dist
 from .engine import EpochState, NonFiniteLoss, Reduce, evaluate, resolve_device, train_one_epoch
 from .preemption import Interrupted, StopSignals
 from .resume import Checkpoint, checkpoint_state, finished_result, latest_checkpoint, restore
 from .runfiles import RunFiles, check_writable, disk_needed, log_file, make_result
+from ..common.runlock import RunLock, RunLocked
 
 log = logging.getLogger("erasenet")
 
 
-def train_run(cfg: DictConfig, out_dir: Path, overrides: Sequence[str] = (), group: str = "") -> dict:
+def train_run(cfg: DictConfig, out_dir: Path, overrides: Sequence[str] = (), group: str = "", *,
+              skip_locked: bool = False) -> dict:
     """Train one configuration into ``out_dir``; return (and write) its ``result.json`` record."""
-    return train_runs([cfg], [out_dir], [list(overrides)], [group])[0]
+    return train_runs([cfg], [out_dir], [list(overrides)], [group], skip_locked=skip_locked)[0]
 
 
 def train_runs(cfgs: Sequence[DictConfig], out_dirs: Sequence[Path], overrides: Sequence[list[str]] = (),
-               groups: Sequence[str] = (), *, log_files: bool = False) -> list[dict]:
+               groups: Sequence[str] = (), *, log_files: bool = False, skip_locked: bool = False) -> list[dict]:
     """Train the seeds ``cfgs`` of one configuration, each into its own directory; write and return each one's
     ``result.json`` record.
 
-    A run whose ``result.json`` matches its config returns that record untrained (unless
-    ``trainer.resume=never``); one with checkpoints continues from the newest (``trainer.resume=auto``). The
-    rest train together, in one group per point they resume from (ImageFolder data and DDP: one at a time).
+    Each run directory is locked first (erasenet.common.runlock): one held by another live process raises
+    :class:`RunLocked`, or, with ``skip_locked`` (a sweep), is skipped with a warning and returns a record with
+    ``status: running elsewhere``. A run whose ``result.json`` matches its config returns that record untrained
+    (unless ``trainer.resume=never``); one with checkpoints continues from the newest (``trainer.resume=auto``).
+    The rest train together, in one group per point they resume from (ImageFolder data and DDP: one at a time).
     ``log_files``: each run also logs to its directory's ``train.log`` (where Hydra does not). A stop signal
-    writes checkpoints and raises :class:`Interrupted`.
+    writes checkpoints and raises :class:`Interrupted`; a full disk raises :class:`DiskFull`.
     """
     check_members(cfgs)
     out_dirs = [Path(out) for out in out_dirs]
@@ -52,25 +58,66 @@ def train_runs(cfgs: Sequence[DictConfig], out_dirs: Sequence[Path], overrides: 
     configure_torch(cfgs[0].trainer)
     dist, device = distributed.setup(cfgs[0].trainer, resolve_device(cfgs[0].trainer.device))
     try:
-        results, pending = {}, {}
-        for k, (c, out) in enumerate(zip(cfgs, out_dirs)):
-            config = OmegaConf.to_container(c, resolve=True)
-            if c.trainer.skip_finished and c.trainer.resume != "never":
-                finished = distributed.broadcast(finished_result(out, config) if dist.is_main else None)
-                if finished is not None:
-                    log.info("already finished (result.json matches the config): %s", out)
-                    results[k] = finished
-                    continue
-            pending[k] = latest_checkpoint(out, config, c.trainer.resume, dist.is_main)
-        for batch in plan_groups(cfgs[0], pending, dist):
-            with member_logs([out_dirs[k] for k in batch], [cfgs[k].seed for k in batch], log_files) as logs:
-                trained = train_group([cfgs[k] for k in batch], [out_dirs[k] for k in batch],
-                                      [pending[k] for k in batch], dist, device, overrides=[overrides[k] for k in batch],
-                                      groups=[groups[k] for k in batch], logs=logs)
-            results.update(zip(batch, trained))
-        return [results[k] for k in range(len(cfgs))]
+        with contextlib.ExitStack() as locks:
+            return _train_locked(cfgs, out_dirs, overrides, groups, dist, device, log_files, skip_locked, locks)
     finally:
         distributed.cleanup()
+
+
+def lock_runs(out_dirs: Sequence[Path], dist: Dist, locks: contextlib.ExitStack) -> list[RunLocked | None]:
+    """Take each run directory's lock on rank 0 (released when ``locks`` closes); per run, the refusal if another
+    live process holds it, on every rank."""
+    refused = []
+    for out in out_dirs:
+        found = None
+        if dist.is_main:
+            check_writable(out, 0)  # an unwritable directory is said so, before its lock is tried
+            lock = RunLock(out)
+            try:
+                lock.acquire()
+                locks.callback(lock.release)
+            except RunLocked as err:
+                found = (str(err), err.holder)
+        found = distributed.broadcast(found)
+        refused.append(None if found is None else RunLocked(found[0], out, found[1]))
+    return refused
+
+
+def _train_locked(cfgs: Sequence[DictConfig], out_dirs: list[Path], overrides: list[list[str]], groups: list[str],
+                  dist: Dist, device: torch.device, log_files: bool, skip_locked: bool,
+                  locks: contextlib.ExitStack) -> list[dict]:
+    results, pending = {}, {}
+    for k, refusal in enumerate(lock_runs(out_dirs, dist, locks)):
+        if refusal is not None and not skip_locked:
+            raise refusal
+        if refusal is not None:
+            log.warning("skipping %s: it is running elsewhere (%s)", out_dirs[k], runlock.describe(refusal.holder))
+            results[k] = {"status": runlock.RUNNING, "failure": None, "seed": cfgs[k].seed,
+                          "holder": refusal.holder}
+    for k, (c, out) in enumerate(zip(cfgs, out_dirs)):
+        if k in results:
+            continue
+        config = OmegaConf.to_container(c, resolve=True)
+        if c.trainer.skip_finished and c.trainer.resume != "never":
+            finished = distributed.broadcast(finished_result(out, config) if dist.is_main else None)
+            if finished is not None:
+                log.info("already finished (result.json matches the config): %s", out)
+                results[k] = finished
+                continue
+        pending[k] = latest_checkpoint(out, config, c.trainer.resume, dist.is_main)
+    for batch in plan_groups(cfgs[0], pending, dist):
+        with member_logs([out_dirs[k] for k in batch], [cfgs[k].seed for k in batch], log_files) as logs:
+            try:
+                trained = train_group([cfgs[k] for k in batch], [out_dirs[k] for k in batch],
+                                      [pending[k] for k in batch], dist, device,
+                                      overrides=[overrides[k] for k in batch], groups=[groups[k] for k in batch],
+                                      logs=logs)
+            except Exception as err:
+                if not is_disk_full(err):
+                    raise
+                raise disk_full([out_dirs[k] for k in batch], err, [overrides[k] for k in batch]) from None
+        results.update(zip(batch, trained))
+    return [results[k] for k in range(len(cfgs))]
 
 
 def plan_groups(cfg: DictConfig, pending: dict[int, Checkpoint | None], dist: Dist) -> list[list[int]]:
@@ -109,7 +156,7 @@ def train_group(cfgs: Sequence[DictConfig], out_dirs: Sequence[Path], checkpoint
     run = build_run(cfgs, out_dirs, dist, device, overrides=overrides, groups=groups, logs=logs)
     if dist.is_main:
         for m in run.members:
-            check_writable(m.out_dir, disk_needed(run))
+            check_writable(m.out_dir, disk_needed(run, m.out_dir))
     restore(run, checkpoints)
     with contextlib.ExitStack() as exits:
         for m in run.members:
@@ -152,6 +199,7 @@ def fit(run: Run) -> tuple[str, str | None]:
     def after_step(partial: EpochState) -> bool:
         """Every ``trainer.check_every`` steps: stop on a signal, or write a checkpoint that is due; all ranks
         agree."""
+        faults.point("train.step")
         if partial.step % t.check_every:
             return False
         due = t.checkpoint_every_min > 0 and time.monotonic() - last_save >= 60 * t.checkpoint_every_min

@@ -8,15 +8,16 @@ import logging
 import platform
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, BinaryIO, Iterator
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 from .. import __version__
 from .accel import accel_record
+from ..common import faults
 from ..common.atomic import atomic_write, save_json
-from .checkpoint import CHECKPOINT_DIR, save_run_checkpoint
+from .checkpoint import CHECKPOINT_DIR, list_checkpoints, save_run_checkpoint
 from ..data import describe_splits
 from ..erase import EraseRecord
 from ..common.errors import UserError
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
     from .build import Member, Run
 
 log = logging.getLogger("erasenet")
+LOG_ROOM = 64 * 2**20  # metrics, TensorBoard and train.log of a run, with room to spare
 
 
 class RunFiles:
@@ -43,15 +45,20 @@ class RunFiles:
         if not self.enabled:
             return
         fresh = state.epoch == 0 and state.partial is None
+        # half-written files of a process killed while writing (this one holds the run's lock: nobody else writes)
+        for leftover in [*self.out_dir.glob(".*.tmp"), *(self.out_dir / CHECKPOINT_DIR).glob(".*.tmp")]:
+            log.info("removing %s, left half-written by a process that was killed", leftover)
+            leftover.unlink(missing_ok=True)
         if fresh:
             for leftover in (self.out_dir / CHECKPOINT_DIR, self.out_dir / "tb", self.out_dir / "result.json"):
                 if leftover.exists():
                     log.warning("starting afresh: removing %s of an earlier attempt", leftover)
                     shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
-        (self.out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        atomic_write(self.out_dir / "config.yaml", lambda f: f.write(OmegaConf.to_yaml(cfg, resolve=True).encode()),
+                     "config")
         atomic_write(self.out_dir / "metrics.jsonl",
-                     lambda f: f.write("".join(json.dumps(m) + "\n" for m in state.history).encode()))
-        self.metrics = open(self.out_dir / "metrics.jsonl", "a")
+                     lambda f: f.write("".join(json.dumps(m) + "\n" for m in state.history).encode()), "metrics")
+        self.metrics = open(self.out_dir / "metrics.jsonl", "ab", buffering=0)
         if self.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -64,8 +71,8 @@ class RunFiles:
     def log_epoch(self, metrics: dict) -> None:
         if not self.enabled:
             return
-        self.metrics.write(json.dumps(metrics) + "\n")
-        self.metrics.flush()
+        append(self.metrics, (json.dumps(metrics) + "\n").encode())
+        faults.point("epoch.logged")
         if self.writer:
             for key, value in metrics.items():
                 if key != "epoch" and not isinstance(value, str):  # a gated run's phase is a word
@@ -80,12 +87,26 @@ class RunFiles:
         if self.enabled:
             if self.writer:
                 write_hparams(self.writer, cfg, overrides, result)
-            save_json(self.out_dir / "result.json", result)
+            save_json(self.out_dir / "result.json", result, "result")
+            faults.point("result.written")
 
     def close(self) -> None:
         for f in (self.metrics, self.writer):
             if f is not None:
                 f.close()
+
+
+def append(f: BinaryIO, line: bytes) -> None:
+    """Append ``line`` whole, or, if it does not fit (a full disk), take back the part that was written."""
+    start = f.tell()
+    try:
+        out = faults.wrap(f, "metrics.append")
+        view = memoryview(line)
+        while view:
+            view = view[out.write(view):]
+    except BaseException:
+        f.truncate(start)
+        raise
 
 
 def library_versions() -> dict:
@@ -141,11 +162,20 @@ def check_writable(run_dir: Path, need_bytes: int) -> None:
                         "trainer.keep_checkpoints, or put runs on another disk with hydra.run.dir=...")
 
 
-def disk_needed(run: Run) -> int:
-    """Bytes one member will write at most: its kept checkpoints, one being written, and room for logs."""
-    tensors = [*run.members[0].model.state_dict().values()]
-    checkpoint = 2 * sum(t.numel() * t.element_size() for t in tensors)  # weights + momentum, roughly
-    return (run.cfg.trainer.keep_checkpoints + 1) * checkpoint * run.cfg.trainer.checkpoint + 64 * 2**20
+def disk_needed(run: Run, run_dir: Path) -> int:
+    """Bytes a member will still write at most into ``run_dir``: checkpoints up to its kept ones plus the one being
+    written (less those already on disk, which it replaces), and room for logs."""
+    if not run.cfg.trainer.checkpoint:
+        return LOG_ROOM
+    on_disk = [p.stat().st_size for p in list_checkpoints(run_dir)]
+    if on_disk:
+        checkpoint = max(on_disk)
+    else:
+        tensors = [*run.members[0].model.state_dict().values()]
+        checkpoint = 2 * sum(t.numel() * t.element_size() for t in tensors)  # weights + momentum, roughly
+    # while the newest is written the older ones are all still there: keep + 1 at most, or one more than now
+    peak = max(run.cfg.trainer.keep_checkpoints, len(on_disk)) + 1
+    return max(0, peak * checkpoint - sum(on_disk)) + LOG_ROOM
 
 
 @contextlib.contextmanager

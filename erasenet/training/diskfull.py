@@ -1,0 +1,100 @@
+"""A disk that fills up in the middle of a run: recognising it, and saying so in one paragraph.
+
+The run stops; what it wrote before stays as it was (every checkpoint is written beside its place and renamed in
+whole, a metrics line that did not fit is taken back), and running the same command once there is room resumes
+from the newest checkpoint.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Sequence
+
+from ..common.atomic import atomic_write
+from .checkpoint import list_checkpoints
+from ..common.errors import UserError
+
+log = logging.getLogger("erasenet")
+FULL = (errno.ENOSPC, errno.EDQUOT)
+EXIT_CODE = 74  # EX_IOERR of sysexits.h: an input/output error
+FAILURE_FILE = "failure.json"  # as erasenet.results reads it
+
+
+class DiskFull(UserError):
+    """The disk of a run directory filled up during the run (its one paragraph says which, and what to do)."""
+
+    exit_code = EXIT_CODE
+
+
+def is_disk_full(err: BaseException) -> bool:
+    """Whether ``err`` is, or was raised while handling, a full disk or an exhausted quota (``torch.save`` reports
+    one as a ``RuntimeError`` raised while handling the ``OSError``)."""
+    return any(isinstance(e, OSError) and e.errno in FULL for e in _chain(err))
+
+
+def mount_of(path: Path) -> tuple[Path, str]:
+    """The mount point holding ``path`` and what is mounted there (``ext4 file system /dev/sda1``)."""
+    path, device = Path(os.path.realpath(path)), "file system"
+    while not os.path.ismount(path) and path != path.parent:
+        path = path.parent
+    try:
+        for line in Path("/proc/mounts").read_text().splitlines():
+            fields = line.split()
+            if len(fields) > 2 and fields[1] == str(path):
+                device = f"{fields[2]} file system {fields[0]}"
+    except OSError:  # not Linux: the mount point alone names the disk
+        pass
+    return path, device
+
+
+def free_bytes(path: Path) -> int | None:
+    try:
+        return shutil.disk_usage(path).free
+    except OSError:
+        return None
+
+
+def disk_full(run_dirs: Sequence[Path], err: BaseException, overrides: Sequence[Sequence[str]] = ()) -> DiskFull:
+    """The error to stop with when ``err`` (a full disk) hit the runs in ``run_dirs``; each run directory also gets
+    a ``failure.json`` saying so (where even that small file still fits)."""
+    logging.raiseExceptions = False  # log files on the full disk fail too: no traceback for each line
+    first = Path(run_dirs[0])
+    mount, device = mount_of(first)
+    free = free_bytes(first)
+    last = [(d, list_checkpoints(d)) for d in map(Path, run_dirs)]
+    kept = "; ".join(f"{found[-1]}" for _, found in last if found)
+    kept = (f"the last good checkpoint is {kept}" if len(run_dirs) == 1 and kept
+            else f"the last good checkpoints are {kept}" if kept else "no checkpoint had been written yet")
+    message = (f"disk full: the disk holding {first if len(run_dirs) == 1 else f'the run directories {first}, ...'} "
+               f"(the {device} mounted at {mount}) has "
+               f"{'an unknown amount of' if free is None else f'{free / 2**20:.1f} MiB'} free space left, and a "
+               f"write failed ({_reason(err)}). What the run wrote before is intact: "
+               f"{kept}. Free some space on {mount} (or lower trainer.keep_checkpoints, or move the run "
+               "directory to a larger disk), then run the same command again: it resumes from the last good "
+               "checkpoint.")
+    for k, run_dir in enumerate(run_dirs):
+        record = {"status": "failed", "failure": message,
+                  "overrides": list(overrides[k]) if k < len(overrides) else []}
+        try:
+            atomic_write(Path(run_dir) / FAILURE_FILE, lambda f: f.write(json.dumps(record, indent=1).encode()))
+        except OSError:
+            log.warning("could not write %s either (the disk is full)", Path(run_dir) / FAILURE_FILE)
+    return DiskFull(message)
+
+
+def _chain(err: BaseException) -> list[BaseException]:
+    found = []
+    while err is not None and err not in found:
+        found.append(err)
+        err = err.__cause__ or err.__context__
+    return found
+
+
+def _reason(err: BaseException) -> str:
+    full = next((e for e in _chain(err) if isinstance(e, OSError) and e.errno in FULL), err)
+    return f"{errno.errorcode.get(full.errno, 'ENOSPC')}: {full.strerror}" if isinstance(full, OSError) else str(full)
