@@ -18,7 +18,7 @@ from erasenet.training.concurrent import (StackedLoader, StackedModels, generato
 from erasenet.cli.launcher import plan_batches
 from erasenet.models import create_model
 from erasenet.training.preemption import Interrupted
-from erasenet.results import find_results, summarize
+from erasenet.reports.summary import find_results, summarize
 from erasenet.training.run import train_run, train_runs
 from tiny_training import (CPU, ListLoader, assert_same_weights, digits, double_batches, resnet,  # noqa: F401
                            schedule, small_loader, train)

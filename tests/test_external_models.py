@@ -316,7 +316,7 @@ TRAIN = ("dataset=digits", "schedule=quick", "schedule.epochs=2", "schedule.lr=0
 
 
 def test_torchvision_resnet18_trains_on_digits_erased_and_not(make_cfg, tmp_path):
-    from erasenet.results import write_summary
+    from erasenet.reports.summary import write_summary
     from erasenet.training.run import train_run
 
     threads = torch.get_num_threads()

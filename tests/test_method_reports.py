@@ -17,10 +17,10 @@ from hydra import compose, initialize_config_module
 
 from erasenet.reports.methods import budget_levels, budget_of
 from erasenet.reports.plots import plot_methods
-from erasenet.results import find_results, summarize, write_summary
+from erasenet.reports.summary import find_results, summarize, write_summary
 from erasenet.training.run import train_run
 from erasenet.select import main as select_main
-from erasenet.select import select
+from erasenet.reports.selection import select
 
 TINY = ("dataset=digits", "schedule=quick", "schedule.epochs=2", "schedule.milestones=[]", "model=mlp",
         "model.width=32", "trainer.tensorboard=false", "trainer.num_threads=1", "trainer.progress=off",

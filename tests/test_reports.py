@@ -16,9 +16,9 @@ from PIL import Image
 
 from erasenet.common.errors import UserError
 from erasenet.results import main as results_main
-from erasenet.results import summarize, find_results, find_incomplete, to_csv, write_summary
+from erasenet.reports.summary import summarize, find_results, find_incomplete, to_csv, write_summary
 from erasenet.select import main as select_main
-from erasenet.select import select
+from erasenet.reports.selection import select
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 EXCLUDED = ["experiment", "dataset.root", "trainer.device", "name"]
@@ -465,7 +465,7 @@ def test_adding_a_published_value_to_a_finished_sweep_reuses_its_runs(tmp_path):
 def test_selection_states_whether_the_choice_beats_p0_at_the_5_percent_level(tmp_path, capsys):
     from scipy import stats
 
-    from erasenet.select import verdict
+    from erasenet.reports.selection import verdict
 
     val, chosen = {0: 9.0, 0.5: 5.0}, [5.3, 5.9, 5.2]
     for seed, (original, erased) in enumerate(zip(P0, chosen)):

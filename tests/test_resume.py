@@ -16,7 +16,7 @@ import torch
 from conftest import REPO
 from erasenet.training.checkpoint import list_checkpoints, load_checkpoint
 from erasenet.common.errors import UserError
-from erasenet.results import summarize
+from erasenet.reports.summary import summarize
 from erasenet.training.run import train_run
 from erasenet.training.runfiles import check_writable
 

@@ -15,7 +15,7 @@ import pytest
 
 from conftest import REPO
 from erasenet.common import runlock
-from erasenet.results import find_incomplete, summarize, to_markdown
+from erasenet.reports.summary import find_incomplete, summarize, to_markdown
 from erasenet.common.runlock import LOCK_FILE, RunLock, RunLocked
 
 QUICK = ("dataset=digits", "schedule=quick", "model=mlp", "model.width=32", "trainer.tensorboard=false",

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import run_cli, write_cifar
-from erasenet.results import find_results, summarize, write_summary
+from erasenet.reports.summary import find_results, summarize, write_summary
 from erasenet.training.run import train_run
 
 TINY = ("dataset=digits", "schedule=quick", "schedule.epochs=3", "schedule.milestones=[2]", "trainer.tensorboard=true")
@@ -88,7 +88,7 @@ def test_multirun_summary_matches_the_runs(tmp_path):
         assert r["provenance"]["erasenet"] == r["versions"]["erasenet"] and r["num_threads"] >= 1
     for plot in ("curves.png", "proportion.png", "pareto.png"):
         assert (sweep / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    from erasenet.select import select
+    from erasenet.reports.selection import select
 
     (chosen,) = select(results, among=(0.0, 1.0))
     val = {p: statistics.fmean(r["best_val_error"] for r in results if r["erase"]["proportion"] == p) for p in (0, 1)}

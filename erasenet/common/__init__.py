@@ -1,1 +1,1 @@
-"""Shared by every wing: the config schema, user errors, atomic writes, file modes, provenance, run records."""
+"""Shared by every wing: config schema, errors, atomic writes, file modes, provenance, run records, run locks, faults."""

@@ -1,4 +1,4 @@
-"""Which ReLUs go: the erase policy, the site contract networks implement, site discovery on any graph, counting."""
+"""Which ReLUs go: the erase policy, its budgeted methods (gates, culling), the site contract, site discovery, counts."""
 
 from .policy import (REPLACEMENTS, EraseRecord, ErasePolicy, apply_erase, declares_sites, model_activations,
                      plan_erase, select_blocks)

@@ -1,1 +1,1 @@
-"""Reports: results over seeds, Welch statistics, plots, the chosen proportion, TensorBoard records."""
+"""Reports: results over seeds, Welch statistics, methods at equal ReLU budget, plots, selection, TensorBoard."""

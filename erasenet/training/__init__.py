@@ -1,1 +1,1 @@
-"""Training: the run driver, building and resuming a run, its files and checkpoints, the epoch loop, devices."""
+"""Training: the run driver, building and resuming a run (distillation included), its files, the epoch loop, devices."""
