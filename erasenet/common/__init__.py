@@ -1,1 +1,1 @@
-"""Shared by every wing: config schema, errors, atomic writes, file modes, provenance, run records, run locks, faults."""
+"""Shared by every wing: config schema, errors, atomic writes, file modes, provenance, run records, locks, faults."""

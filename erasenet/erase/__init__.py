@@ -1,4 +1,4 @@
-"""Which ReLUs go: the erase policy, its budgeted methods (gates, culling), the site contract, site discovery, counts."""
+"""Which ReLUs go: the erase policy, its budgeted methods (gates, culling), the site contract, discovery, counting."""
 
 from .policy import (REPLACEMENTS, EraseRecord, ErasePolicy, apply_erase, declares_sites, model_activations,
                      plan_erase, select_blocks)
