@@ -119,6 +119,23 @@ def test_binarising_keeps_the_highest_gates_within_the_budget(granularity):
     assert not any(g.mask.requires_grad for _, g in gates_of(model))
 
 
+def test_binarising_fills_the_budget_below_the_threshold_only_when_asked():
+    torch.manual_seed(0)
+    model, _ = gated(create_model("resnet20", num_classes=10, in_chans=1), "channel", (1, 8, 8))
+    for fill in (False, True):
+        schedule = GateSchedule(model, {**GATES, "budget": 0.3, "fill_budget": fill}, (1, 8, 8))
+        with torch.no_grad():  # an overshoot: one channel alive, every other gate just below the threshold
+            for _, g in gates_of(model):
+                g.mask.uniform_(0.0, GATES["threshold"] * 0.9)
+            gates_of(model)[3][1].mask.view(-1)[0] = 0.5
+        schedule.binarise()
+        alive, largest = gates_of(model)[3][1].cost(), max(g.cost() for _, g in gates_of(model))
+        if fill:  # the budget filled up to the next gate that would not fit
+            assert schedule.budget - largest < schedule.relus() <= schedule.budget
+        else:  # only the one alive channel: the rest of the budget unused, as SNL's code leaves it
+            assert schedule.relus() == alive
+
+
 def test_budget_below_the_ungated_relus_is_refused():
     model = nn.Sequential(nn.Flatten(), nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 4), nn.ReLU())
     apply_erase(model, ErasePolicy(method="gates", budget=3), input_shape=(1, 2, 2))

@@ -58,6 +58,7 @@ class EraseConfig:
     penalty_factor: float = 1.1  # gates: lambda *= this after an epoch whose count is no new low
     penalty_warmup: int = 5  # gates: epochs of gate learning before lambda may rise
     threshold: float = 0.01  # gates: a gate above this counts as alive (and may survive binarisation)
+    fill_budget: bool = False  # gates: binarising also keeps gates below the threshold while the budget has room
     cull_stages: list[int] = field(default_factory=list)  # cull: 1-based stages whose ReLUs are all erased
     thin: bool = False  # cull: erase every second ReLU site of the other stages
 

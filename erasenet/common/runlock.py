@@ -134,6 +134,9 @@ class RunLock:
         self.record: dict | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        # the folders missing when the lock was made go again on release if nothing was written into them: a run
+        # refused after taking its lock (a missing teacher, say) leaves nothing behind
+        self._created = [d for d in (self.run_dir, *self.run_dir.parents) if not d.exists()]
 
     def acquire(self) -> None:
         """Take the lock (taking over one whose holder is gone), or raise :class:`RunLocked`."""
@@ -215,6 +218,11 @@ class RunLock:
         if read_file(self.path) == self.record:
             self.path.unlink(missing_ok=True)
         self.record = None
+        for folder in self._created:  # deepest first; an emptied folder only
+            try:
+                folder.rmdir()
+            except OSError:
+                break
 
 
 def read_file(path: Path) -> dict | None:

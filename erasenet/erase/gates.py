@@ -10,7 +10,8 @@ through three phases in its one training loop, each resumable:
    ``erase.penalty_warmup`` epochs), ``lambda`` is multiplied by ``erase.penalty_factor``. The phase ends when
    the count is within ``erase.budget`` or at its last epoch;
 2. *binarise*: the gates above the threshold, highest first, are set to 1 while the ReLUs they cost fit the
-   budget; every other gate is set to 0. The gates are frozen (``requires_grad`` off: the optimizer skips them);
+   budget; every other gate is set to 0. A count that fell far below the budget in the phase's last epoch leaves
+   the rest of the budget unused, as in SNL's code; ``erase.fill_budget`` fills it with the next-highest gates. The gates are frozen (``requires_grad`` off: the optimizer skips them);
 3. *fine-tune*: the weights train on for the remaining epochs, the gates fixed.
 
 A gate at 0 makes its ReLUs the identity and costs nothing; a gate at 1 costs one ReLU per element it covers
@@ -122,6 +123,7 @@ class GateSchedule:
         if not self.gates:
             raise ValueError("erase.method=gates found no ReLU site to gate")
         self.threshold = float(erase["threshold"])
+        self.fill_budget = bool(erase.get("fill_budget", False))
         self.factor = float(erase["penalty_factor"])
         self.warmup = int(erase["penalty_warmup"])
         self.max_epochs = int(erase["gate_epochs"])
@@ -186,13 +188,14 @@ class GateSchedule:
 
     @torch.no_grad()
     def binarise(self) -> None:
-        """Keep the gates above the threshold, highest first, while their ReLUs fit the budget; set them to 1,
-        the rest to 0, and freeze every gate."""
+        """Keep the gates above the threshold (any gate, with ``fill_budget``), highest first, while their ReLUs
+        fit the budget; set them to 1, the rest to 0, and freeze every gate."""
         values = torch.cat([g.mask.detach().flatten().float().cpu() for g in self.gates])
         costs = torch.cat([torch.full((g.mask.numel(),), g.cost(), dtype=torch.long) for g in self.gates])
         order = torch.sort(values, descending=True, stable=True).indices
         spent = torch.cumsum(costs[order], 0)
-        keep = order[(spent <= self.budget - self.ungated) & (values[order] > self.threshold)]
+        fits = spent <= self.budget - self.ungated
+        keep = order[fits if self.fill_budget else fits & (values[order] > self.threshold)]
         binary = torch.zeros_like(values)
         binary[keep] = 1.0
         start = 0

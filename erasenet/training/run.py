@@ -71,8 +71,8 @@ def lock_runs(out_dirs: Sequence[Path], dist: Dist, locks: contextlib.ExitStack)
     for out in out_dirs:
         found = None
         if dist.is_main:
+            lock = RunLock(out)  # before anything is created: it notes which folders are new
             check_writable(out, 0)  # an unwritable directory is said so, before its lock is tried
-            lock = RunLock(out)
             try:
                 lock.acquire()
                 locks.callback(lock.release)
