@@ -20,7 +20,8 @@ def job_context() -> tuple[Path, list[str], str]:
     """The current Hydra job's output directory, its overrides and its group (see ``run_group``)."""
     hc = HydraConfig.get()
     overrides = list(hc.overrides.task)
-    return Path(hc.runtime.output_dir), overrides, run_group(overrides, list(hc.job.config.override_dirname.exclude_keys))
+    excluded = list(hc.job.config.override_dirname.exclude_keys)
+    return Path(hc.runtime.output_dir), overrides, run_group(overrides, excluded)
 
 
 # What Hydra writes into every job's directory before erasenet sees the job's config.

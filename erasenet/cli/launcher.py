@@ -2,8 +2,8 @@
 
 ``python -m erasenet.train -m model=resnet20 seed=0,1,2,3,4 trainer.concurrent=5`` composes five jobs as
 usual; this launcher groups the jobs whose overrides differ only in ``seed`` into batches of up to
-``trainer.concurrent`` and trains each batch as one group of runs (``erasenet.training.run.train_runs``). Every job still gets
-its ordinary run directory (``.hydra/``, ``result.json``, ...) and the sweep its summary. With
+``trainer.concurrent`` and trains each batch as one group of runs (``erasenet.training.run.train_runs``). Every
+job still gets its ordinary run directory (``.hydra/``, ``result.json``, ...) and the sweep its summary. With
 ``trainer.concurrent=1`` (the default) it launches jobs one by one, like Hydra's basic launcher.
 """
 

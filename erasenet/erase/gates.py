@@ -11,7 +11,8 @@ through three phases in its one training loop, each resumable:
    the count is within ``erase.budget`` or at its last epoch;
 2. *binarise*: the gates above the threshold, highest first, are set to 1 while the ReLUs they cost fit the
    budget; every other gate is set to 0. A count that fell far below the budget in the phase's last epoch leaves
-   the rest of the budget unused, as in SNL's code; ``erase.fill_budget`` fills it with the next-highest gates. The gates are frozen (``requires_grad`` off: the optimizer skips them);
+   the rest of the budget unused, as in SNL's code; ``erase.fill_budget`` fills it with the next-highest gates.
+   The gates are frozen (``requires_grad`` off: the optimizer skips them);
 3. *fine-tune*: the weights train on for the remaining epochs, the gates fixed.
 
 A gate at 0 makes its ReLUs the identity and costs nothing; a gate at 1 costs one ReLU per element it covers

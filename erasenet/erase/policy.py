@@ -30,7 +30,8 @@ class ErasePolicy:
     """``location``: ``last``, ``first``, ``all`` or a 1-based site index within each block (``"2"``).
 
     ``method``: ``erase`` (EraseReLU's rule: ``location`` in a ``proportion`` of the blocks), ``gates`` (an SNL
-    gate on every site, ``erasenet.erase.gates``) or ``cull`` (DeepReDuce's culling and thinning, ``erasenet.erase.cull``).
+    gate on every site, ``erasenet.erase.gates``) or ``cull`` (DeepReDuce's culling and thinning,
+    ``erasenet.erase.cull``).
     """
 
     location: str = "last"

@@ -189,8 +189,8 @@ def plot_pareto(results: list[dict], path: Path) -> Figure:
         by_p: dict[float, list[dict]] = {}
         for r in runs:
             by_p.setdefault(proportion_of(r), []).append(r)
-        points = sorted((statistics.fmean(finite(r["relus"] for r in rs)), p, _error_bars([r["test_error"] for r in rs]))
-                        for p, rs in by_p.items())
+        points = sorted((statistics.fmean(finite(r["relus"] for r in rs)), p,
+                         _error_bars([r["test_error"] for r in rs])) for p, rs in by_p.items())
         line = ax.errorbar([x for x, _, _ in points], [b[0] for _, _, b in points],
                            yerr=[[b[1] for _, _, b in points], [b[2] for _, _, b in points]], marker="o", capsize=3,
                            label=label)

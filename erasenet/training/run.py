@@ -216,7 +216,8 @@ def fit(run: Run) -> tuple[str, str | None]:
             try:
                 metrics = run_epoch(run, epoch, after_step, reduce, progress)
             except NonFiniteLoss as err:
-                failure = str(err) if len(members) == 1 else f"{err} (in one of the seeds {run.seeds}, trained together)"
+                together = f" (in one of the seeds {run.seeds}, trained together)" if len(members) > 1 else ""
+                failure = f"{err}{together}"
                 log.error("%s; stopping (the last good checkpoint is kept).", failure)
                 return "failed", failure
             if metrics is None:
