@@ -81,7 +81,7 @@ def method_sweep(erase_sweep, tmp_path):
         as_method(real[(0.5, seed)], root, "gates", 0.25, int(0.25 * original) - 7, 60.0 + k, 55.0 + k)
         # culling names its stages, not a budget
         as_method(real[(0.5, seed)], root, "cull", None, int(half * 1.01), CULL_TEST[k], CULL_VAL[k],
-                  extra=["erase.stages=[2]"])
+                  extra=["erase.cull_stages=[2]"])
     return root
 
 
@@ -115,7 +115,7 @@ def test_summary_compares_methods_at_equal_budget_by_welch(method_sweep):
                                              rel=1e-9)
     levels = budget_levels(list(rows.values()))
     assert [sorted(r["config"] for r in level) for level in levels] == [sorted([
-        "erase.proportion=0.5", gates["config"], "erase.stages=[2],erase=cull"])]
+        "erase.proportion=0.5", gates["config"], "erase.cull_stages=[2],erase=cull"])]
 
     markdown, written = write_summary(method_sweep)
     assert "## Methods at equal ReLU budget" in markdown and method_sweep / "methods.csv" in written
@@ -146,7 +146,7 @@ def test_pareto_plot_has_one_series_per_method_on_a_log_relu_axis(method_sweep):
     by_label = {c.get_label().split(" (n=")[0]: c.lines[0].get_data() for c in ax.containers}
     xs, ys = by_label["gates"]
     assert len(xs) == 2 and ys[-1] == pytest.approx(statistics.fmean(GATES_TEST))
-    assert {t.get_text() for t in ax.texts} >= {"p=0", "p=0.5", "budget=0.25", "erase.stages=[2]"}
+    assert {t.get_text() for t in ax.texts} >= {"p=0", "p=0.5", "budget=0.25", "erase.cull_stages=[2]"}
 
 
 def test_select_chooses_at_each_budget_on_validation(method_sweep, capsys):
@@ -154,7 +154,7 @@ def test_select_chooses_at_each_budget_on_validation(method_sweep, capsys):
     text = (method_sweep / "selection.md").read_text()
     row = next(x for x in text.splitlines() if x.startswith("| ") and "gates" in x and "chosen" not in x)
     assert "| gates |" in row and f"{statistics.fmean(GATES_TEST):.2f} ± {statistics.stdev(GATES_TEST):.2f}" in row
-    assert "vs erase.proportion=0.5: Δ" in row and "vs erase.stages=[2],erase=cull: Δ" in row
+    assert "vs erase.proportion=0.5: Δ" in row and "vs erase.cull_stages=[2],erase=cull: Δ" in row
     # the erase family's proportion choice still comes with it (p=0.5 is one of the paper's candidates)
     assert "## Proportion chosen on validation" in text
     proportions = select(find_results(method_sweep))  # budgeted runs have no proportion: not candidates

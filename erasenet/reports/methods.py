@@ -50,9 +50,14 @@ def budget_of(result: dict) -> float | None:
     return float(relus) if relus is not None else None
 
 
-def _is_erase_item(override: str) -> bool:
+# What moves a run along its method's series (the x of the Pareto plot); every other setting makes another series.
+_POINT_KEYS = {"erase": {"erase.proportion"}, "gates": {"erase.budget", "erase.proportion"},
+               "cull": {"erase.cull_stages", "erase.thin", "erase.fixed_sites", "erase.proportion"}}
+
+
+def _names_the_point(override: str, method: str) -> bool:
     key = override_key(override)
-    return key == "erase" or key.startswith("erase.")
+    return key in ("erase", "erase.method") or key in _POINT_KEYS.get(method, set())
 
 
 def base_of(result: dict) -> str:
@@ -65,13 +70,14 @@ def base_of(result: dict) -> str:
 
 
 def series_key(result: dict) -> tuple[str, str, str, str]:
-    """(method, location, replace, the other overrides): runs of one series differ in budget (or proportion)."""
+    """(method, location, replace, the other overrides): runs of one series differ in budget (or proportion, or
+    culled stages); another setting of the method (a gate schedule, say) is another series."""
     method = method_of(result)
     erase = ((result.get("config") or {}).get("erase") or {})
     location, replace = ("", "")
     if method == "erase":
         location, replace = str(erase.get("location", "")), str(erase.get("replace", ""))
-    rest = ",".join(o for o in split_overrides(group_of(result)) if not _is_erase_item(o))
+    rest = ",".join(o for o in split_overrides(group_of(result)) if not _names_the_point(o, method))
     return method, location, replace, rest
 
 

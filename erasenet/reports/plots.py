@@ -249,14 +249,18 @@ def plot_methods(results: list[dict], path: Path):
         line = ax.errorbar([x for x, *_ in points], [b[0] for _, _, b, _ in points],
                            yerr=[[b[1] for _, _, b, _ in points], [b[2] for _, _, b, _ in points]], marker="o",
                            capsize=3, label=f"{labels[key]} (n={max(n for *_, n in points)} per point)")
+        texts: dict[tuple[float, float], list[str]] = {}  # points that coincide share one label
         for x, text, (mean, _, _), _ in points:
             if text:
-                ax.annotate(text, (x, mean), textcoords="offset points", xytext=(4, 4), fontsize=7,
-                            color=line[0].get_color())
+                texts.setdefault((x, mean), []).append(text)
+        for (x, mean), parts in texts.items():
+            ax.annotate("; ".join(parts), (x, mean), textcoords="offset points", xytext=(4, 4), fontsize=7,
+                        color=line[0].get_color())
     ax.set_xscale("log")
     ax.set_xlabel("ReLU elements in one forward pass on one image (log scale)")
     ax.set_ylabel("test error (%)")
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
+    ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}" if str(round(v))[0] in "25" else ""))
     _caption(fig, "Test error against ReLU count, one series per method, mean ± std over seeds", "")
     ax.grid(alpha=0.3, which="both")
     fig.legend(loc="outside lower center", ncols=min(2, len(series)), fontsize="small")
