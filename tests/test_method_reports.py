@@ -1,7 +1,8 @@
 """Reports across methods: the Pareto plot with one series per method, Welch at equal ReLU budget in the summary
 and methods.csv, the original network as the reference of a budgeted method, and erasenet.select choosing per
-budget on validation. EraseReLU runs are real tiny runs; the budgeted methods' records are those runs' result.json
-files as a gates or cull run writes them (its method, budget, ReLU count and errors)."""
+budget on validation. EraseReLU runs are real tiny runs; for exact numbers most tests give the budgeted methods'
+records chosen errors (those runs' result.json files as a gates or cull run writes them: its method, budget, ReLU
+count and errors), and one test trains real gated runs and reports them end to end."""
 
 from __future__ import annotations
 
@@ -194,3 +195,35 @@ def test_a_distilled_run_is_compared_with_the_original_network(erase_sweep, tmp_
     student = next(r for c, r in rows.items() if c.startswith("distill.teacher="))
     assert student["reference"] == "erase.proportion=0" and student["reference_differs"]
     assert student["welch"].n_a == student["welch"].n_b == 3
+
+
+def test_real_gated_runs_are_summarised_beside_eraserelu_at_their_budget(erase_sweep, tmp_path, capsys):
+    """End to end, nothing crafted: gated runs trained for real, their budget the ReLU count of EraseReLU at p=0.5,
+    summarised, plotted and chosen beside the real EraseReLU runs (distilled gates: the MNIST preset's runs)."""
+    import shutil
+
+    root = tmp_path / "sweep"
+    shutil.copytree(erase_sweep, root)
+    half = next(r["relus"] for r in find_results(root) if r["erase"]["proportion"] == 0.5)
+    gated = ("erase=gates", f"erase.budget={half}", "erase.granularity=element", "erase.gate_epochs=1",
+             "erase.penalty=0.05", "erase.fill_budget=true")
+    group = ",".join(sorted(gated))
+    for seed in SEEDS:
+        overrides = [*gated, f"seed={seed}"]
+        train_run(compose_cfg(*TINY, *overrides), root / f"{group},seed={seed}", overrides=overrides, group=group)
+
+    results = find_results(root)
+    runs = [r for r in results if r["config"]["erase"]["method"] == "gates"]
+    assert len(runs) == len(SEEDS) and {r["relus"] for r in runs} == {half}  # the budget filled exactly
+    original = next(x["relus"] for x in results
+                    if x["erase"]["proportion"] == 0 and x["config"]["erase"]["method"] == "erase")
+    assert {r["relus_original"] for r in runs} == {original} and half < original
+    markdown, written = write_summary(root)
+    pair = next(t for t in csv.DictReader(io.StringIO((root / "methods.csv").read_text()))
+                if {t["method_a"], t["method_b"]} == {"erase", "gates"})
+    assert float(pair["budget"]) == half and pair["n_a"] == pair["n_b"] == str(len(SEEDS))
+    assert root / "pareto.png" in written and "## Methods at equal ReLU budget" in markdown
+    assert select_main([str(root)]) == 0
+    chosen = next(x for x in (root / "selection.md").read_text().splitlines() if x.startswith(f"| {half:,} |"))
+    assert "| gates |" in chosen or "| erase |" in chosen  # one of the two candidates at that budget, on val
+    assert "Traceback" not in capsys.readouterr().err
