@@ -16,7 +16,8 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from .common.atomic import atomic_write
-from .reports.summary import FAILURE_FILE, console_summary, find_incomplete, find_results
+from .common.records import FAILURE_FILE
+from .reports.summary import console_summary, find_incomplete, find_results
 
 
 def write_failure(run_dir: Path, job_return: JobReturn) -> None:

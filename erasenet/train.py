@@ -14,7 +14,7 @@ from omegaconf import DictConfig
 
 from .cli.help import register_help_resolver
 from .cli.hydra_errors import exit_if_config_error, reporting_config_errors
-from .cli.job import in_sweep, job_context, refuse, stop
+from .cli.job import in_sweep, job_context, refuse
 from .common.config import check_config, register_configs
 from .common.errors import UserError
 from .training.preemption import Interrupted
@@ -41,8 +41,6 @@ def main(cfg: DictConfig) -> float | None:
               "command again to resume from the last checkpoint", file=sys.stderr)
         sys.exit(130)
     except UserError as err:
-        if hasattr(err, "exit_code"):  # a run that stopped (a full disk, another process on it): its files stay
-            stop(err)
         refuse(err)
 
 

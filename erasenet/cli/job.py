@@ -79,7 +79,11 @@ class DirectoryNotes(Callback):
 
 def refuse(err: UserError, out_dirs: list[Path] | None = None) -> None:
     """Print the problem's one paragraph, remove the rejected run's directory (or each of ``out_dirs``, runs
-    trained together, outside any one Hydra job) where this process created it, exit with status 2."""
+    trained together, outside any one Hydra job) where this process created it, exit with status 2. An error that
+    stopped a run under way (one with an ``exit_code``: a full disk, another process on the run) leaves its files
+    as they are and exits with that status (``stop``)."""
+    if hasattr(err, "exit_code"):
+        stop(err)
     print(f"\nerror: {err}\n", file=sys.stderr)
     for out_dir in out_dirs if out_dirs is not None else [HydraConfig.get().runtime.output_dir]:
         remove_created(out_dir)

@@ -72,7 +72,7 @@ class ConcurrentLauncher(BasicLauncher):
                        configure_logging=configure_logging)
 
     def _run_together(self, configs: list[DictConfig]) -> list[JobReturn]:
-        from .job import job_context, refuse, stop
+        from .job import job_context, refuse
 
         prepared = []
 
@@ -105,8 +105,6 @@ class ConcurrentLauncher(BasicLauncher):
                   "the last checkpoints", file=sys.stderr)
             sys.exit(130)
         except UserError as err:
-            if hasattr(err, "exit_code"):  # a run that stopped (a full disk, another process on it): its files stay
-                stop(err)
             refuse(err, [out for _, out, _, _ in prepared])
         for ret, result in zip(returns, results):
             ret.return_value = result.get("best_val_error")

@@ -16,6 +16,8 @@ from typing import Iterable
 
 # Keys under these prefixes describe a run (a published value to compare with) without changing what it trains.
 METADATA_PREFIXES = ("paper.",)
+# a run directory's record of a job that raised or a disk that filled up: {"status": "failed", "failure": ...}
+FAILURE_FILE = "failure.json"
 # Boundaries between items of a joined override string: a comma followed by the next item's ``key=``. A comma
 # inside a value (``schedule.milestones=[2,3]``, ``paper.source="Table 2, ResNet-110"``) is not one.
 _ITEM_BOUNDARY = re.compile(r",(?=[+~]{0,2}[\w.-]+=)")

@@ -27,7 +27,7 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
-from .rectifiers import count_relus, rectifier_calls
+from .rectifiers import count_relus, shapes_seen
 
 log = logging.getLogger("erasenet")
 
@@ -90,19 +90,8 @@ def mask_names(model: nn.Module) -> set[str]:
 def shape_gates(model: nn.Module, gates: Sequence[Gate], input_shape: Sequence[int]) -> None:
     """Give each of ``gates`` (unshaped, already in ``model``) its mask, from the shape one evaluation-mode
     forward pass of one ``input_shape`` input on the meta device shows at the gate."""
-    try:
-        calls = rectifier_calls(model, input_shape)
-    except (RuntimeError, NotImplementedError) as err:  # an operator without a meta kernel
-        raise ValueError(f"erase.method=gates could not find the shapes its gates see: a forward pass of one "
-                         f"{'x'.join(map(str, input_shape))} input on the meta device failed ({err})") from None
-    names = {id(m): name for name, m in model.named_modules()}
-    shapes = {c.module: c.shape[1:] for c in calls if issubclass(c.module_type, Gate)}
-    for gate in gates:
-        name = names[id(gate)]
-        if name not in shapes:
-            raise ValueError(f"erase.method=gates: the gate at {name} never ran in an evaluation-mode forward pass "
-                             f"of one {'x'.join(map(str, input_shape))} input, so its shape is unknown")
-        gate.shape_from(shapes[name])
+    for gate, shape in zip(gates, shapes_seen(model, gates, input_shape, "erase.method=gates")):
+        gate.shape_from(shape[1:])
         if any(p.is_meta for p in model.parameters()):
             gate.mask = nn.Parameter(gate.mask.to("meta"))
 

@@ -17,7 +17,7 @@ import torch.nn as nn
 from . import cull, graph_sites
 from .gates import Gate, shape_gates
 from .sites import declared_sites, fixed_sites, iter_blocks
-from .rectifiers import rectifier_calls
+from .rectifiers import shapes_seen
 
 # What an erased site becomes: nothing (EraseReLU), or a PReLU with learned slopes initialised at 0.25: one per
 # site, or one per channel of the tensor the site sees (He et al. 2015), set by ``_slope_per_channel``.
@@ -136,21 +136,12 @@ def _check_replacement(kind: str, input_shape: Sequence[int] | None, method: str
 def _slope_per_channel(model: nn.Module, prelus: list[nn.Module], input_shape: Sequence[int]) -> None:
     """Swap each of ``prelus`` (one shared slope, already in ``model``) for a PReLU with one slope (0.25) per
     channel (dim 1) of its input, read off one forward pass on the meta device."""
-    try:
-        calls = rectifier_calls(model, input_shape)
-    except (RuntimeError, NotImplementedError) as err:  # an operator without a meta kernel
-        raise ValueError(f"erase.replace=prelu_channel could not find the sites' channel counts: a forward pass "
-                         f"of one {'x'.join(map(str, input_shape))} input on the meta device failed ({err})") from None
+    shapes = shapes_seen(model, prelus, input_shape, "erase.replace=prelu_channel")
     names = {id(m): name for name, m in model.named_modules()}
-    channels = {c.module: c.shape[1] if len(c.shape) > 1 else 1 for c in calls if c.op == "prelu"}
-    for prelu in prelus:
-        name = names[id(prelu)]
-        if name not in channels:
-            raise ValueError(f"erase.replace=prelu_channel: the PReLU at {name} never ran in an evaluation-mode "
-                             f"forward pass of one {'x'.join(map(str, input_shape))} input, so its channel count is "
-                             f"unknown")
-        parent_name, _, leaf = name.rpartition(".")
-        setattr(model.get_submodule(parent_name), leaf, nn.PReLU(num_parameters=channels[name], init=0.25))
+    for prelu, shape in zip(prelus, shapes):
+        parent_name, _, leaf = names[id(prelu)].rpartition(".")
+        channels = shape[1] if len(shape) > 1 else 1
+        setattr(model.get_submodule(parent_name), leaf, nn.PReLU(num_parameters=channels, init=0.25))
 
 
 def declares_sites(model: nn.Module) -> bool:

@@ -86,6 +86,26 @@ def rectifier_calls(model: nn.Module, input_shape: Sequence[int], batch: int = 1
     return recorder.calls
 
 
+def shapes_seen(model: nn.Module, modules: Sequence[nn.Module], input_shape: Sequence[int],
+                knob: str) -> list[tuple[int, ...]]:
+    """The output shape (batch first) of the rectifier each of ``modules`` (in ``model``) runs, in one
+    evaluation-mode forward pass of one ``input_shape`` input on the meta device; ``ValueError`` naming ``knob``
+    (the setting that needs the shapes) when the pass fails or a module never runs."""
+    size = "x".join(map(str, input_shape))
+    try:
+        calls = rectifier_calls(model, input_shape)
+    except (RuntimeError, NotImplementedError) as err:  # an operator without a meta kernel
+        raise ValueError(f"{knob} could not find the shapes its modules see: a forward pass of one {size} input "
+                         f"on the meta device failed ({err})") from None
+    names = {id(m): name for name, m in model.named_modules()}
+    seen = {c.module: c.shape for c in calls}
+    missing = [names[id(m)] for m in modules if names[id(m)] not in seen]
+    if missing:
+        raise ValueError(f"{knob}: the module at {missing[0]} never ran in an evaluation-mode forward pass of one "
+                         f"{size} input, so the shape it sees is unknown")
+    return [seen[names[id(m)]] for m in modules]
+
+
 def count_relus(model: nn.Module, input_shape: Sequence[int]) -> int:
     """Scalar ReLU and PReLU evaluations of one forward pass on one image of ``input_shape`` (C, H, W).
 

@@ -26,8 +26,9 @@ from typing import Any, Iterable
 from omegaconf import OmegaConf
 
 from ..common.config import with_schema_defaults
-from ..common.records import (failure_of, final_train_error, finite, format_mean_std, format_p, group_of, is_ok,
-                             mean_std, method_of, override_key, proportion_of, run_group, split_overrides)
+from ..common.records import (FAILURE_FILE, failure_of, final_train_error, finite, format_mean_std, format_p,
+                               group_of, is_ok, mean_std, method_of, override_key, proportion_of, run_group,
+                               split_overrides)
 from ..common.runlock import RUNNING, describe, live_holder
 from .methods import base_of, budget_of, has_methods, methods_csv, methods_markdown
 from .stats import Welch, welch
@@ -37,7 +38,6 @@ METRICS = (  # (result key, column title)
     ("best_val_error", "best val error (%)"),
     ("test_error_at_best_val", "test @ best val (%)"),
 )
-FAILURE_FILE = "failure.json"  # a run directory's record of a job that raised: {"status": "failed", "failure": ...}
 # Config parts that must agree for two runs to be one configuration apart from erase: dataset keys that only say
 # where and how the files are read do not count.
 _DATASET_PLACE_KEYS = ("root", "path", "index", "workers", "download")

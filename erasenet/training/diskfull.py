@@ -18,11 +18,11 @@ from typing import Sequence
 from ..common.atomic import atomic_write
 from .checkpoint import list_checkpoints
 from ..common.errors import UserError
+from ..common.records import FAILURE_FILE
 
 log = logging.getLogger("erasenet")
 FULL = (errno.ENOSPC, errno.EDQUOT)
 EXIT_CODE = 74  # EX_IOERR of sysexits.h: an input/output error
-FAILURE_FILE = "failure.json"  # as erasenet.results reads it
 
 
 class DiskFull(UserError):
