@@ -106,8 +106,8 @@ class _Translator:
 
     def run(self) -> None:
         for node in self.gm.graph.nodes:
-            if node.op in ("placeholder", "output"):
-                continue
+            if node.op in ("placeholder", "output") or (node.op == "get_attr" and not node.users):
+                continue  # an unused attribute read: asking a module for its polynomial records one
             if not torch.is_tensor(self.values.get(node.name)):
                 if (node.op == "call_method" and node.target in _SHAPE_ONLY) or node.target is operator.getitem \
                         or (node.op == "call_function" and node.target is getattr):
