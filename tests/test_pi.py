@@ -111,6 +111,43 @@ def test_gates_become_element_masks_with_their_counts(tmp_path):
     assert graph["relus"] == count_relus(model, (1, 8, 8)) == sum(op["kept"] for op in relus)
 
 
+def test_torchvision_resnet_with_gates_on_shared_relus(tmp_path):
+    """torchvision's BasicBlock calls one ReLU module twice; the gates replace each call, and the export names
+    the sites as the erase record does (layer1.0.relu#1), with their state-dict modules kept apart."""
+    import torchvision
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=10)
+    record = apply_erase(model, ErasePolicy(method="gates", budget=0.5, granularity="channel"),
+                         input_shape=(3, 32, 32))
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for _, gate in gates_of(model):
+            gate.mask.copy_((torch.rand(gate.mask.shape, generator=g) < 0.5).float())
+    randomise_bn(model)
+    image = torch.randn(3, 32, 32)
+    graph = export_model(model, image, tmp_path, onnx=False)
+    assert sorted(s["site"] for s in graph["sites"]) == sorted(record.sites)
+    assert "layer1.0.relu#2" in record.sites and graph["relus"] == count_relus(model, (3, 32, 32))
+    loaded, arrays = reference.load(tmp_path)
+    with torch.no_grad():
+        np.testing.assert_allclose(reference.forward(loaded, arrays, image[None].numpy()), model(image[None]).numpy(),
+                                   atol=1e-4, rtol=0)
+
+
+def test_onnx_carries_the_kept_relu_count(tmp_path):
+    onnx = pytest.importorskip("onnx")
+    model = gated_resnet(0.4)
+    graph = export_model(model, torch.randn(1, 8, 8), tmp_path)
+    assert graph["onnx"] == "model.onnx", graph.get("onnx_skipped")
+    proto = onnx.load(str(tmp_path / "model.onnx"))
+    meta = {p.key: p.value for p in proto.metadata_props}
+    assert int(meta["erasenet.relus"]) == graph["relus"] == count_relus(model, (1, 8, 8))
+    assert json.loads(meta["erasenet.relu_sites"]) == graph["sites"]
+    # the reason the count must travel in the metadata: every gated site is a full Relu node in the graph
+    assert sum(n.op_type == "Relu" for n in proto.graph.node) == len(graph["sites"])
+
+
 def test_unsupported_operations_fail_naming_them():
     class Sigmoidal(nn.Module):
         def __init__(self):

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import json
 import operator
+import re
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -23,7 +25,6 @@ import numpy as np
 import torch
 import torch.fx as fx
 import torch.nn as nn
-import torch.nn.functional as F
 
 from ..common.atomic import atomic_write, save_json
 from ..erase.gates import Gate
@@ -36,7 +37,8 @@ SUPPORTED = ("Conv2d, Linear, BatchNorm1d/2d, ReLU (module or functional), SNL g
              "over H and W, flatten/view/reshape, strided slicing, zero padding, concatenation, Identity, Dropout")
 _LEAVES = (nn.Conv2d, nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d, nn.ReLU, nn.PReLU, Gate, nn.AvgPool2d,
            nn.MaxPool2d, nn.AdaptiveAvgPool2d, nn.Flatten, nn.Identity, nn.Dropout)
-_SHAPE_ONLY = ("size", "dim")  # methods whose results (ints) only size a reshape
+_SHAPE_ONLY = ("size", "dim")
+_REWRITTEN_CALL = re.compile(r"^(?P<owner>.+)\.(?P<leaf>\w+)_call(?P<call>\d+)$")  # methods whose results (ints) only size a reshape
 
 
 class UnsupportedOperation(ValueError):
@@ -85,6 +87,14 @@ class _Translator:
         self.alias: dict[str, str] = {}  # a node that computes nothing (Identity, Dropout) -> the value it passes
 
     # --- helpers -----------------------------------------------------------------------------------------------
+
+    def site_name(self, module_name: str) -> str:
+        """The site's name in the erase record and the log: one call of a shared module, which the graph
+        analysis rewrote into ``owner.relu_call2``, is ``owner.relu#2`` there."""
+        m = _REWRITTEN_CALL.match(module_name)
+        if m and f"{m['owner']}.{m['leaf']}" in self.modules:
+            return f"{m['owner']}.{m['leaf']}#{m['call']}"
+        return module_name
 
     def value(self, arg: Any, node: fx.Node) -> str:
         if not isinstance(arg, fx.Node) or not torch.is_tensor(self.values.get(arg.name)):
@@ -150,7 +160,7 @@ class _Translator:
             self.gate(node, x, name, m)
         elif isinstance(m, nn.PReLU):
             elements = int(self.values[node.name][0].numel())
-            self.emit(node, "prelu", [x], slope=self.array(f"{name}.slope", m.weight), site=name,
+            self.emit(node, "prelu", [x], slope=self.array(f"{name}.slope", m.weight), site=self.site_name(name),
                       elements=elements, kept=elements)
         elif is_polynomial(m):
             c = torch.as_tensor(getattr(m, POLYNOMIAL_ATTRIBUTE)).detach()
@@ -174,7 +184,7 @@ class _Translator:
         elements = int(out.numel())
         kept = elements if mask is None else int(mask.sum())
         key = None if mask is None or kept == elements else self.array(f"{site}.relu_mask", mask.astype(np.uint8))
-        self.emit(node, "relu", [x], site=site, elements=elements, kept=kept, mask=key)
+        self.emit(node, "relu", [x], site=self.site_name(site), elements=elements, kept=kept, mask=key)
 
     def gate(self, node: fx.Node, x: str, name: str, gate: Gate) -> None:
         if gate.mask is None:
@@ -354,8 +364,10 @@ def write_onnx(model: nn.Module, image: torch.Tensor, graph: dict, path: Path) -
     except ImportError:
         return "the onnx package is not installed (pip install onnx onnxscript)"
     try:
-        torch.onnx.export(model.eval(), (image.unsqueeze(0).float(),), str(path), input_names=["input"],
-                          output_names=["logits"], dynamo=False)
+        with warnings.catch_warnings():  # the TorchScript exporter's deprecation and constant-folding notes
+            warnings.simplefilter("ignore")
+            torch.onnx.export(model.eval(), (image.unsqueeze(0).float(),), str(path), input_names=["input"],
+                              output_names=["logits"], dynamo=False)
     except Exception as err:  # the exporter raises many types, all meaning "this network does not fit ONNX"
         path.unlink(missing_ok=True)
         return f"torch.onnx.export failed: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"

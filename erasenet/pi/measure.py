@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from omegaconf import OmegaConf
 
 from ..common.atomic import save_json
 from ..common.errors import UserError
@@ -51,8 +52,6 @@ def spu_python(explicit: str | None = None) -> Path:
 def test_image(delivered, index: int = 0) -> tuple[torch.Tensor, int]:
     """Test image ``index`` of the run's dataset, normalised as the training loader does, and its label."""
     d = delivered.config["dataset"]
-    from omegaconf import OmegaConf
-
     splits = load_splits(OmegaConf.create(d))
     scale, shift = normaliser(d.get("mean") or [], d.get("std") or [], splits.test.images.shape[1], torch.device("cpu"))
     x = splits.test.images[index: index + 1].float() * scale + shift
