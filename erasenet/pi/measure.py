@@ -21,6 +21,7 @@ from omegaconf import OmegaConf
 
 from ..common.atomic import save_json
 from ..common.errors import UserError
+from ..common.records import is_ok
 from ..data import load_splits
 from ..data.loader import normaliser
 from ..training.delivered import load_model
@@ -75,7 +76,9 @@ def run_engine(export_dir: Path, python: Path, fraction_bits: int = FRACTION_BIT
     with tempfile.TemporaryDirectory() as tmp:
         raw = Path(tmp) / "raw.json"
         cmd = [str(python), str(ENGINE), str(export_dir), str(export_dir / IMAGE_FILE), str(raw), str(fraction_bits)]
-        done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONNOUSERSITE": "1"})
+        # the SPU environment sees none of this one's paths: its numpy, jax and spu, and the two scripts
+        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+        done = subprocess.run(cmd, capture_output=True, text=True, env={**env, "PYTHONNOUSERSITE": "1"})
         if done.returncode != 0 or not raw.is_file():
             tail = "\n".join((done.stderr or done.stdout).strip().splitlines()[-8:])
             raise UserError(f"the private inference of {export_dir} failed in {python} (exit {done.returncode}):\n"
@@ -132,7 +135,7 @@ def measure_path(path: str | Path, *, python: str | None = None, index: int = 0,
     if (path / "checkpoints").is_dir():
         return [(path, measure_export(export_run(path, index), interpreter, path, fraction_bits))]
     runs = sorted(p.parent for p in path.rglob("result.json") if (p.parent / "checkpoints").is_dir()
-                  and json.loads(p.read_text()).get("status", "finished") == "finished")
+                  and is_ok(json.loads(p.read_text())))
     if not runs:
         raise UserError(f"{path} is neither an exported network ({NETWORK_FILE}), a run directory (checkpoints/) nor "
                         "a sweep with finished runs.")
