@@ -45,7 +45,7 @@ class TinyCNN(nn.Module):
     def __init__(self):
         super().__init__()
         self.conv1, self.bn1, self.act1 = nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU()
-        self.pool = nn.MaxPool2d(2)
+        self.pool = nn.MaxPool2d(3, 2, 1)
         self.conv2, self.bn2 = nn.Conv2d(4, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4)
         self.bn3, self.prelu = nn.BatchNorm2d(4), nn.PReLU(4)
         self.avg = nn.AvgPool2d(2)

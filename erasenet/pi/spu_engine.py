@@ -44,16 +44,6 @@ def build_function(graph: dict, arrays: dict[str, np.ndarray]):
 
     keys = secret_arrays(graph)
 
-    def windows(x, kernel, stride, padding, value):
-        x = jnp.pad(x, ((0, 0), (0, 0), (padding[0],) * 2, (padding[1],) * 2), constant_values=value)
-        oh = (x.shape[2] - kernel[0]) // stride[0] + 1
-        ow = (x.shape[3] - kernel[1]) // stride[1] + 1
-        return [x[:, :, i: i + stride[0] * (oh - 1) + 1: stride[0], j: j + stride[1] * (ow - 1) + 1: stride[1]]
-                for i in range(kernel[0]) for j in range(kernel[1])]
-
-    def channel(v, ndim):
-        return v.reshape((1, -1) + (1,) * (ndim - 2)) if v.size > 1 else v.reshape(())
-
     def masked_relu(op, x):
         if op["kept"] == op["elements"]:
             return jnp.maximum(x, 0)
@@ -66,58 +56,22 @@ def build_function(graph: dict, arrays: dict[str, np.ndarray]):
         out = jnp.concatenate([jnp.maximum(flat[:, keep], 0), flat[:, linear]], axis=1)[:, inverse]
         return out.reshape(x.shape)
 
-    def run(op, args, p):
-        kind, x = op["op"], args[0] if args else None
-        if kind == "conv2d":
-            pads = [(q, q) for q in op["padding"]]
-            y = lax.conv_general_dilated(x, p["weight"], op["stride"], pads, rhs_dilation=op["dilation"],
+    def run(op, args, params):
+        if op["op"] == "conv2d":
+            y = lax.conv_general_dilated(args[0], params[op["weight"]], op["stride"],
+                                         [(q, q) for q in op["padding"]], rhs_dilation=op["dilation"],
                                          feature_group_count=op["groups"],
                                          dimension_numbers=("NCHW", "OIHW", "NCHW"))
-            return y + p["bias"].reshape(1, -1, 1, 1)
-        if kind == "linear":
-            return x @ p["weight"].T + p["bias"]
-        if kind == "affine":
-            return x * channel(p["scale"], x.ndim) + channel(p["shift"], x.ndim)
-        if kind == "relu":
-            return masked_relu(op, x)
-        if kind == "prelu":
-            r = jnp.maximum(x, 0)
-            return r + channel(p["slope"], x.ndim) * (x - r)
-        if kind == "polynomial":
-            c = p["coefficients"]
-            c2, c1, c0 = (channel(c[k], x.ndim) for k in range(3))
-            return c2 * (x * x) + c1 * x + c0
-        if kind == "add":
-            return args[0] + args[1]
-        if kind == "scale":
-            return x * op["factor"]
-        if kind == "avg_pool2d":
-            taps = windows(x, op["kernel"], op["stride"], op["padding"], 0.0)
-            return sum(taps[1:], taps[0]) * (1.0 / len(taps))
-        if kind == "max_pool2d":
-            taps = windows(x, op["kernel"], op["stride"], op["padding"], -1e4)  # far below any activation
-            out = taps[0]
-            for t in taps[1:]:
-                out = jnp.maximum(out, t)
-            return out
-        if kind == "global_avg_pool":
-            return jnp.mean(x, axis=(-2, -1), keepdims=op["keepdim"])
-        if kind == "reshape":
-            return x.reshape((x.shape[0], *op["shape"]))
-        if kind == "slice":
-            return x[(slice(None),) + tuple(slice(*s) for s in op["slices"])]
-        if kind == "pad":
-            return jnp.pad(x, [(0, 0)] + [tuple(q) for q in op["pads"]])
-        if kind == "concat":
-            return jnp.concatenate(args, axis=op["axis"] + 1)
-        raise ValueError(f"unknown op {kind!r} in the graph")
+            return y + params[op["bias"]].reshape(1, -1, 1, 1)
+        if op["op"] == "relu":
+            return masked_relu(op, args[0])
+        return reference.run_op(op, args, params, jnp)
 
     def f(*flat):
         params = dict(zip(keys, flat[:-1]))
         values = {graph["input"]["name"]: flat[-1]}
         for op in graph["ops"]:
-            p = {fld: params[op[fld]] for fld in ARRAY_FIELDS if op.get(fld)}
-            values[op["output"]] = run(op, [values[i] for i in op["inputs"]], p)
+            values[op["output"]] = run(op, [values[i] for i in op["inputs"]], params)
         return values[graph["output"]]
 
     return f, keys
