@@ -12,12 +12,12 @@ from conftest import REPO
 
 # Higher imports lower, never the reverse; a wing may import itself. reports, data and models are peers that do not
 # import one another. The commands users type (train, results, select, presets, python -m erasenet.models, the analysis
-# figures) are the face.
+# figures, python -m erasenet.pi) are the face.
 WINGS = {
     "face": 4, "training": 3, "reports": 2, "data": 2, "models": 2, "erase": 1, "common": 0,
 }
 FACE = ("erasenet.train", "erasenet.results", "erasenet.select", "erasenet.presets", "erasenet.cli",
-        "erasenet.models.__main__", "erasenet.analysis")
+        "erasenet.models.__main__", "erasenet.analysis", "erasenet.pi")
 
 
 def wing_of(module: str) -> str:
