@@ -137,6 +137,16 @@ def format_mean_std(mean: float, std: float, digits: int = 2) -> str:
     return f"{mean:.{digits}f} ± {std:.{digits}f}" if not math.isnan(std) else f"{mean:.{digits}f}"
 
 
+def format_published(paper: dict | None, note: str | None = None) -> str:
+    """A published test error: ``27.00 ± 1.50 (its source)``, or with ``note`` in place of the source (``[1]``);
+    the dash without a record."""
+    if not paper:
+        return "—"
+    std = paper.get("test_error_std")
+    value = format_mean_std(paper["test_error"], math.nan if std is None else std)
+    return f"{value} {note}" if note is not None else f"{value} ({paper['source']})"
+
+
 def format_p(p: float) -> str:
     """A p-value with the digits that matter: 0.012, 3.1e-05."""
     return f"{p:.1e}" if p < 0.001 else f"{p:.3f}"

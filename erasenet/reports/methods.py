@@ -7,9 +7,10 @@ A sweep that holds runs of a method other than EraseReLU's proportion rule (``er
   ``erase.replace`` where it is not ``identity``), and within a series one point per configuration;
 - *budget levels*: configurations of one network and data set whose ReLU budget agrees within
   ``EQUAL_BUDGET`` (the budget is ``erase.budget``, as a count, where a run sets one, else the ReLUs it counts);
-- Welch's test between every two configurations at one level (``summary.md``'s section "Methods at equal ReLU
-  budget" and ``methods.csv``), the Pareto plot with one series per method on a log ReLU axis, and
-  ``python -m erasenet.select``'s choice, per level, of the configuration with the lowest validation error.
+- Welch's test between every two configurations at one level, and its p-value adjusted by Holm's method over all
+  of them (``summary.md``'s section "Methods at equal ReLU budget" and ``methods.csv``), the Pareto plot with one
+  series per method on a log ReLU axis (``plots.plot_methods``), and ``python -m erasenet.select``'s choice, per
+  level, of the configuration with the lowest validation error.
 
 Sweeps of ``erase.method=erase`` alone are summarised as before: nothing here applies to them.
 """
@@ -24,8 +25,8 @@ from operator import attrgetter
 from typing import Any, Callable
 
 from ..common.errors import UserError
-from ..common.records import (format_mean_std, format_p, format_values, group_of, is_ok, method_of, override_key,
-                      proportion_of, split_overrides)
+from ..common.records import (format_mean_std, format_p, format_published, format_values, group_of, is_ok,
+                               method_of, override_key, proportion_of, split_overrides)
 from .rows import Row
 from .stats import Welch, holm, welch
 from .table import DASH, Column, csv_table, markdown_table
@@ -261,13 +262,6 @@ def _published_choice(choices: list[Choice]) -> bool:
     return any(c.chosen.paper for c in choices)
 
 
-def _paper_value(row: Row) -> str:
-    if not row.paper:
-        return DASH
-    std = row.paper.get("test_error_std")
-    return format_mean_std(row.paper["test_error"], math.nan if std is None else std) + f" ({row.paper['source']})"
-
-
 SELECTION_COLUMNS: list[Column[Choice]] = [
     Column(None, attrgetter("budget"), "ReLU budget", lambda c: _count(c.budget)),
     Column(None, attrgetter("chosen.config"), "chosen on val"),
@@ -277,7 +271,7 @@ SELECTION_COLUMNS: list[Column[Choice]] = [
     Column(None, attrgetter("chosen.best_val_error"), "best val error (%)",
            lambda c: format_mean_std(c.chosen.best_val_error, c.chosen.best_val_error_std)),
     Column(None, attrgetter("chosen.test_error"), "test error (%)", lambda c: format_values(c.chosen.test_errors)),
-    Column(None, attrgetter("chosen.paper"), "published test error (%)", lambda c: _paper_value(c.chosen),
+    Column(None, attrgetter("chosen.paper"), "published test error (%)", lambda c: format_published(c.chosen.paper),
            _published_choice),
     Column(None, attrgetter("chosen.diff"), "diff from published",
            lambda c: DASH if math.isnan(c.chosen.diff) else f"{c.chosen.diff:+.2f}", _published_choice),

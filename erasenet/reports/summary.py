@@ -26,8 +26,8 @@ from omegaconf import OmegaConf
 
 from ..common.config import with_schema_defaults
 from ..common.records import (FAILURE_FILE, failure_of, final_train_error, finite, format_mean_std, format_p,
-                               group_of, is_ok, mean_std, method_of, override_key, paper_applies, proportion_of,
-                               run_group, split_overrides)
+                               format_published, group_of, is_ok, mean_std, method_of, override_key, paper_applies,
+                               proportion_of, run_group, split_overrides)
 from ..common.runlock import RUNNING, describe, live_holder
 from .methods import base_of, budget_of, has_methods, methods_csv, methods_markdown
 from .rows import Row
@@ -251,13 +251,6 @@ def _runs(row: Row) -> str:
     return f"{row.n}" + "".join(f" (+{k} {label})" for label, k in others if k)
 
 
-def _paper_cell(row: Row) -> str:
-    if not row.paper:
-        return DASH
-    std = row.paper.get("test_error_std")
-    return format_mean_std(row.paper["test_error"], math.nan if std is None else std) + f" [{row.paper_note}]"
-
-
 def _published(rows: Sequence[Row]) -> bool:
     return any(r.paper for r in rows)
 
@@ -303,7 +296,8 @@ COLUMNS: list[Column[Row]] = [
     Column("delta_ci_high", _welch_value("high")),
     Column("p_welch", _welch_value("p"), "p (Welch)", lambda r: _significance(r, lambda w: format_p(w.p))),
     Column(None, attrgetter("welch"), "n vs ref", lambda r: _significance(r, _sizes, _sizes)),
-    Column("paper_test_error", lambda r: (r.paper or {}).get("test_error"), "paper (%)", _paper_cell, _published),
+    Column("paper_test_error", lambda r: (r.paper or {}).get("test_error"), "paper (%)",
+           lambda r: format_published(r.paper, f"[{r.paper_note}]"), _published),
     Column("paper_test_error_std", lambda r: (r.paper or {}).get("test_error_std")),
     Column("paper_metric", lambda r: (r.paper or {}).get("metric")),
     Column("paper_source", lambda r: (r.paper or {}).get("source")),

@@ -1,7 +1,8 @@
 """One list of columns, two forms of a table: markdown for people and CSV for scripts.
 
-A column names its CSV field (or none: a markdown cell that joins values the CSV keeps apart), says how to read its value from a row, and, where the markdown table shows it, its
-title, how its cell reads and when the table has it. The CSV keeps every column, always in the same order, so a
+A column names its CSV field (or none: a markdown cell that joins values the CSV keeps apart), says how to read
+its value from a row, and, where the markdown table shows it, its title, how its cell reads and when the table has
+it. The CSV keeps every column, always in the same order, so a
 script finds its field whatever the sweep holds; the markdown table leaves out what no row has.
 """
 
