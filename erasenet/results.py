@@ -57,8 +57,8 @@ def main(argv: list[str] | None = None) -> int:
               "the same configuration at erase.proportion=0 with Welch's test, the published value and the "
               "difference where a run's config has one, failed runs with their reasons) and draw DIR/curves.png "
               "(and DIR/proportion.png and DIR/pareto.png for a sweep over erase.proportion; a sweep across "
-              "erase.method also gets DIR/methods.csv, Welch's test at equal ReLU budget, and a Pareto plot with "
-              "one series per method).")
+              "erase.method also gets DIR/methods.csv, Welch's test at equal ReLU budget with Holm's adjustment, and "
+              "a Pareto plot with one series per method; published values show there as hollow markers).")
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     root = Path(argv[0])
     if not root.is_dir():

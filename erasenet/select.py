@@ -9,7 +9,9 @@ of that choice is reported, with whether it beats the original network (p=0) on 
 
 A sweep over methods (``erase.method`` gates or cull beside erase) is also compared at equal ReLU budget: per
 budget level (``erasenet.reports.methods``), the configuration with the lowest mean best-validation error is chosen,
-and its test error is compared with each other candidate's.
+and its test error is compared with each other candidate's (Welch, with Holm's adjustment over every comparison).
+Where a run's ``paper.*`` gives the chosen configuration's test error, the published value and the difference
+stand beside it.
 """
 
 from __future__ import annotations
@@ -42,7 +44,8 @@ def select_methods_markdown(results: list[dict], among: tuple[float, ...], args:
                 "configuration with the lowest mean best-val error, whatever its method; errors in %, mean ± "
                 "sample std over seeds. The test set took no part in the choice. Against each other candidate: the "
                 "chosen configuration's mean test error minus the candidate's, its 95% confidence interval, "
-                "Welch's two-sided p-value and n on each side.\n\n" + selection_markdown(chosen))
+                "Welch's two-sided p-value (\"Holm\": adjusted by Holm's method for every comparison of this "
+                "table together) and n on each side.\n\n" + selection_markdown(chosen))
     try:
         rows = select(results, among)
     except UserError:  # no erase family with a candidate proportion: the comparison at equal budget is the answer

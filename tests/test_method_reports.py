@@ -130,10 +130,17 @@ def test_summary_compares_methods_at_equal_budget_by_welch(method_sweep):
     assert float(pair["delta_test_error"]) == pytest.approx(statistics.fmean(a) - statistics.fmean(b))
     assert float(pair["delta_ci_low"]) == pytest.approx(expected.confidence_interval().low, rel=1e-9)
     assert float(pair["budget"]) == real[(0.5, 0)]["relus"] and pair["n_a"] == pair["n_b"] == "3"
+    # Holm over the three comparisons, by hand: the smallest p times 3, the next times 2 (at least the first's),
+    # the largest times 1 (at least the second's)
+    p1, p2, p3 = sorted(float(t["p_welch"]) for t in table)
+    holm = {p1: 3 * p1, p2: max(3 * p1, 2 * p2), p3: max(3 * p1, 2 * p2, p3)}
+    assert [float(t["p_holm"]) for t in table] == pytest.approx([min(1.0, holm[float(t["p_welch"])]) for t in table])
     line = next(x for x in markdown.splitlines() if x.startswith(f"| {real[(0.5, 0)]['relus']:,} |")
                 and "gates" in x and "cull" in x)
     cull_vs_gates = stats.ttest_ind(CULL_TEST, GATES_TEST, equal_var=False)
     assert f"{cull_vs_gates.pvalue:.3f}" in line or f"{cull_vs_gates.pvalue:.1e}" in line
+    header = next(x for x in markdown.splitlines() if x.startswith("| ReLU budget |"))
+    assert "| p (Welch) | p (Holm) |" in header and "Holm's method for the 3 testable comparisons" in markdown
 
 
 def test_pareto_plot_has_one_series_per_method_on_a_log_relu_axis(method_sweep):
@@ -148,6 +155,35 @@ def test_pareto_plot_has_one_series_per_method_on_a_log_relu_axis(method_sweep):
     xs, ys = by_label["gates"]
     assert len(xs) == 2 and ys[-1] == pytest.approx(statistics.fmean(GATES_TEST))
     assert {t.get_text() for t in ax.texts} >= {"p=0", "p=0.5", "budget=0.25", "erase.cull_stages=[2]"}
+    # gates at p=0.5's count, p=0.5 itself and the cull within 1% of it: set side by side around that count, in
+    # the order of the series, none on top of another
+    half = next(r["relus"] for r in find_results(method_sweep) if r["group"] == "erase.proportion=0.5")
+    drawn = sorted(x for label in ("cull", "erase", "gates") for x in by_label[label][0] if 0.9 * half < x < 1.1 * half)
+    assert len(drawn) == 3 and drawn[0] < half < drawn[2] and drawn[1] == half
+    assert "points at one count are set side by side" in fig.texts[0].get_text().replace("\n", " ")
+    assert by_label["cull"][0][0] < by_label["erase"][0][0] < by_label["gates"][0][-1]
+    # readable ticks: three or more labelled values within the axis, no minor labels
+    low, high = ax.get_xlim()
+    ticks = [t for t in ax.xaxis.get_majorticklocs() if low <= t <= high]
+    fig.canvas.draw()
+    labels = [t.get_text() for t in ax.xaxis.get_ticklabels() if t.get_text()]
+    assert len(ticks) >= 3 and len(labels) == len(ticks) and not ax.xaxis.get_minorticklocs().size
+
+
+def test_log_ticks_label_any_range_readably():
+    from matplotlib.figure import Figure
+
+    from erasenet.reports.plots import readable_log_ticks
+
+    for (low, high), expected in [((17, 100), [20, 30, 40, 50, 60, 70, 80, 90, 100]),
+                                  ((100, 30_000), [100, 200, 500, 1000, 2000, 5000, 10_000, 20_000]),
+                                  ((20_000, 600_000), [20_000, 50_000, 100_000, 200_000, 500_000]),
+                                  ((250, 330), [260, 280, 300, 320])]:
+        ax = Figure().subplots()
+        ax.set_xscale("log")
+        ax.set_xlim(low, high)
+        readable_log_ticks(ax.xaxis)
+        assert list(ax.xaxis.get_majorticklocs()) == pytest.approx(expected)
 
 
 def test_select_chooses_at_each_budget_on_validation(method_sweep, capsys):
@@ -227,3 +263,34 @@ def test_real_gated_runs_are_summarised_beside_eraserelu_at_their_budget(erase_s
     chosen = next(x for x in (root / "selection.md").read_text().splitlines() if x.startswith(f"| {half:,} |"))
     assert "| gates |" in chosen or "| erase |" in chosen  # one of the two candidates at that budget, on val
     assert "Traceback" not in capsys.readouterr().err
+
+
+def test_published_points_show_hollow_beside_the_runs_and_in_the_choice(method_sweep):
+    """A gates preset's published value (no proportion: it applies to its runs) and EraseReLU's at p=0.5."""
+    gates_paper = {"source": "SNL Table 9 (a made-up row)", "test_error": 27.0, "test_error_std": 1.5,
+                   "metric": "test_error", "proportion": None}
+    erase_paper = {"source": "EraseReLU Table 9 (a made-up row)", "test_error": 22.0, "metric": "test_error",
+                   "proportion": 0.5}
+    half = next(r["relus"] for r in find_results(method_sweep) if r["group"] == "erase.proportion=0.5")
+    for result_file in method_sweep.glob("*/result.json"):
+        result = json.loads(result_file.read_text())
+        if result["group"] == f"erase.budget={half},erase=gates":
+            result["paper"] = gates_paper
+        elif result["group"].startswith("erase.proportion="):  # p=0 too: the record says it is for p=0.5
+            result["paper"] = erase_paper
+        result_file.write_text(json.dumps(result))
+    (ax,) = plot_methods(find_results(method_sweep), method_sweep / "pareto.png").axes
+    by_label = {c.get_label().split(" (n=")[0]: c.lines[0] for c in ax.containers}
+    assert sorted(by_label) == ["cull", "erase", "erase: published", "gates", "gates: published"]
+    for method, error in (("gates", 27.0), ("erase", 22.0)):
+        published, runs = by_label[f"{method}: published"], by_label[method]
+        assert list(published.get_ydata()) == [error] and published.get_markerfacecolor() == "none"
+        # at the x its configuration's point is drawn at (side by side with the others at that count)
+        assert published.get_xdata()[0] in list(runs.get_xdata()) and published.get_color() == runs.get_color()
+        assert published.get_marker() == runs.get_marker()
+
+    assert select_main([str(method_sweep)]) == 0
+    lines = (method_sweep / "selection.md").read_text().splitlines()
+    assert "| published test error (%) | diff from published |" in next(x for x in lines if x.startswith("| ReLU"))
+    chosen = next(x for x in lines if x.startswith(f"| {half:,} |"))
+    assert f"| 27.00 ± 1.50 ({gates_paper['source']}) | {statistics.fmean(GATES_TEST) - 27.0:+.2f} |" in chosen

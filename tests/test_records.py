@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 
@@ -12,7 +13,7 @@ from scipy import stats as scipy_stats
 from erasenet.common.config import run_dirname
 from erasenet.common.records import (drop_metadata, family_of, final_train_error, format_mean_std, group_of, mean_std,
                               override_key, run_group, split_overrides)
-from erasenet.reports.stats import t_ppf, t_sf, welch
+from erasenet.reports.stats import holm, t_ppf, t_sf, welch
 from conftest import REPO
 
 
@@ -84,6 +85,16 @@ def test_welch_says_when_there_is_nothing_to_test():
     assert not one.testable and one.n_a == 1 and one.p != one.p  # NaN
     constant = welch([1.0, 1.0], [2.0, 2.0])
     assert constant.p == 0.0 and constant.diff == -1.0
+
+
+def test_holm_adjusts_as_by_hand():
+    # sorted: 0.005 x4 = 0.02, 0.01 x3 = 0.03, 0.03 x2 = 0.06, 0.04 x1 = 0.04 -> raised to the 0.06 before it
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02], rel=1e-12)
+    # an untestable comparison (NaN) stays NaN and does not count: m = 2; a product above 1 is capped
+    nan_kept = holm([0.01, math.nan, 0.04])
+    assert nan_kept[0] == pytest.approx(0.02) and math.isnan(nan_kept[1]) and nan_kept[2] == pytest.approx(0.04)
+    assert holm([0.3, 0.6, 0.45]) == pytest.approx([0.9, 0.9, 0.9]) and holm([0.7, 0.8]) == [1.0, 1.0]
+    assert holm([0.02]) == [0.02] and holm([]) == []
 
 
 def test_a_comma_inside_a_quoted_value_is_not_a_boundary():

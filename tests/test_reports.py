@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import statistics
 from pathlib import Path
 
@@ -517,3 +518,73 @@ def test_a_job_that_raises_is_recorded_by_the_summary_callback(tmp_path):
     assert not (tmp_path / "sweep" / "0" / "failure.json").exists()
     rows = {r["config"]: r for r in summarize(find_incomplete(tmp_path / "sweep"))}
     assert rows["+x=2"]["failures"][0][2] == "RuntimeError: no memory left at x=2" and rows["+x=1"]["unfinished"] == 1
+
+
+# --- the column table ------------------------------------------------------------------------------------------------
+
+def test_one_column_list_feeds_the_markdown_and_the_csv(significance_sweep, monkeypatch):
+    from erasenet.reports import summary
+    from erasenet.reports.table import Column
+
+    rows = summarize(find_results(significance_sweep))
+    header = next(csv.reader(io.StringIO(to_csv(rows))))
+    assert header == [c.name for c in summary.COLUMNS if c.name is not None]
+    titles = summary.to_markdown(rows).splitlines()[0].strip("| ").split(" | ")
+    # shown: no published value, no top-5, no published train error (their columns stay out of the markdown only)
+    assert titles == [c.header for c in summary.COLUMNS if c.header is not None and c.shown(rows)]
+    assert "paper (%)" not in titles and {"paper_test_error", "test_top5_error", "train_diff"} <= set(header)
+    # adding a column is one entry: it reaches both files, formatted in the markdown and raw in the CSV
+    monkeypatch.setattr(summary, "COLUMNS", [*summary.COLUMNS, Column("first_seed", lambda r: min(r.seeds),
+                                                                      "first seed", lambda r: f"seed {min(r.seeds)}")])
+    markdown, _ = write_summary(significance_sweep)
+    assert markdown.splitlines()[0].endswith("| first seed |")
+    assert next(x for x in markdown.splitlines() if x.startswith("| erase.proportion=1,")).endswith("| seed 0 |")
+    table = list(csv.DictReader(io.StringIO((significance_sweep / "summary.csv").read_text())))
+    assert {t["first_seed"] for t in table} == {"0"} and list(table[0])[-1] == "first_seed"
+
+
+def test_a_column_is_left_out_where_it_says_and_empty_values_read_as_such():
+    from dataclasses import dataclass
+
+    from erasenet.reports.table import Column, csv_table, markdown_table
+
+    @dataclass
+    class Point:
+        x: float | None
+        y: float
+
+    columns = [Column("x", lambda p: p.x, "x (%)", lambda p: "none" if p.x is None else f"{p.x:.1f}"),
+               Column("y", lambda p: p.y, "y", shown=lambda rows: any(p.y > 1 for p in rows)),
+               Column("y_raw", lambda p: p.y),  # the CSV alone
+               Column(None, lambda p: p.y, "y twice", lambda p: f"{2 * p.y:g}")]  # the markdown alone
+    points = [Point(1.25, math.nan), Point(None, 0.5)]
+    assert markdown_table(columns, points) == ("| x (%) | y twice |\n|---|---|\n| 1.2 | nan |\n| none | 1 |\n")
+    assert csv_table(columns, points) == "x,y,y_raw\n1.25,,\n,0.5,0.5\n"
+    assert markdown_table(columns, [Point(2.0, 3.0)]).splitlines()[0] == "| x (%) | y | y twice |"
+    assert markdown_table(columns[1:2], [Point(2.0, math.nan), Point(2.0, 3.0)]).splitlines()[2] == "| — |"
+
+
+# --- the published points in the plots and the selection ----------------------------------------------------------
+
+def test_the_pareto_plot_and_select_show_the_published_value_beside_the_runs(significance_sweep, capsys):
+    from erasenet.reports.plots import plot_pareto
+
+    published = {"source": "EraseReLU Table 9, MLP-12 (a made-up row)", "test_error": 4.5, "test_error_std": 0.25,
+                 "metric": "test_error", "proportion": 1.0}
+    for result_file in significance_sweep.glob("*/result.json"):
+        result_file.write_text(json.dumps({**json.loads(result_file.read_text()), "paper": published}))
+    (ax,) = plot_pareto(find_results(significance_sweep), significance_sweep / "pareto.png").axes
+    runs, paper = ax.containers
+    assert paper.get_label().endswith(": published") and not runs.get_label().endswith(": published")
+    xs, ys = paper.lines[0].get_data()
+    assert list(xs) == [1000] and list(ys) == [4.5]  # only p=1 has a published value, at p=1's ReLU count
+    assert paper.lines[0].get_markerfacecolor() == "none" and paper.lines[0].get_color() == runs.lines[0].get_color()
+    assert "hollow: the published value" in ax.figure.texts[0].get_text().replace("\n", " ")
+
+    assert select_main([str(significance_sweep), "--among", "1"]) == 0
+    lines = (significance_sweep / "selection.md").read_text().splitlines()
+    assert "| published (%) | diff from published |" in next(x for x in lines if x.startswith("| family"))
+    chosen = next(x for x in lines if x.startswith("| model=mlp12 |"))
+    assert f"| 4.50 ± 0.25 ({published['source']}) | {statistics.fmean(P1) - 4.5:+.2f} |" in chosen
+    assert select_main([str(significance_sweep), "--among", "0"]) == 0  # no published value at p=0: no column
+    assert "published" not in (significance_sweep / "selection.md").read_text()

@@ -93,6 +93,19 @@ def family_of(result: dict) -> str:
     return ",".join(rest) or "(defaults)"
 
 
+def paper_applies(paper: dict | None, key: str, proportion: float | None) -> bool:
+    """Whether a published record (``paper``) gives ``key`` for a run at this erase proportion: one without a
+    proportion applies at every proportion, and to a budgeted method (which has none)."""
+    return bool(paper) and paper.get(key) is not None and (
+        paper.get("proportion") is None or (proportion is not None and math.isclose(paper["proportion"], proportion)))
+
+
+def published_error(result: dict) -> dict | None:
+    """The run's published record where it gives the run's test error, else None."""
+    paper = result.get("paper")
+    return paper if paper_applies(paper, "test_error", proportion_of(result)) else None
+
+
 def is_ok(result: dict) -> bool:
     """Whether the run finished normally (``status`` ``ok``, the default of records that predate the field)."""
     return result.get("status", "ok") == "ok"
@@ -122,6 +135,16 @@ def format_mean_std(mean: float, std: float, digits: int = 2) -> str:
     if math.isnan(mean):
         return "—"
     return f"{mean:.{digits}f} ± {std:.{digits}f}" if not math.isnan(std) else f"{mean:.{digits}f}"
+
+
+def format_published(paper: dict | None, note: str | None = None) -> str:
+    """A published test error: ``27.00 ± 1.50 (its source)``, or with ``note`` in place of the source (``[1]``);
+    the dash without a record."""
+    if not paper:
+        return "—"
+    std = paper.get("test_error_std")
+    value = format_mean_std(paper["test_error"], math.nan if std is None else std)
+    return f"{value} {note}" if note is not None else f"{value} ({paper['source']})"
 
 
 def format_p(p: float) -> str:

@@ -7,25 +7,29 @@ A sweep that holds runs of a method other than EraseReLU's proportion rule (``er
   ``erase.replace`` where it is not ``identity``), and within a series one point per configuration;
 - *budget levels*: configurations of one network and data set whose ReLU budget agrees within
   ``EQUAL_BUDGET`` (the budget is ``erase.budget``, as a count, where a run sets one, else the ReLUs it counts);
-- Welch's test between every two configurations at one level (``summary.md``'s section "Methods at equal ReLU
-  budget" and ``methods.csv``), the Pareto plot with one series per method on a log ReLU axis, and
-  ``python -m erasenet.select``'s choice, per level, of the configuration with the lowest validation error.
+- Welch's test between every two configurations at one level, and its p-value adjusted by Holm's method over all
+  of them (``summary.md``'s section "Methods at equal ReLU budget" and ``methods.csv``), the Pareto plot with one
+  series per method on a log ReLU axis (``plots.plot_methods``), and ``python -m erasenet.select``'s choice, per
+  level, of the configuration with the lowest validation error.
 
 Sweeps of ``erase.method=erase`` alone are summarised as before: nothing here applies to them.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import itertools
 import json
 import math
+from dataclasses import dataclass
+from operator import attrgetter
+from typing import Any, Callable
 
 from ..common.errors import UserError
-from ..common.records import (format_mean_std, format_p, format_values, group_of, is_ok, method_of, override_key,
-                      proportion_of, split_overrides)
-from .stats import Welch, welch
+from ..common.records import (format_mean_std, format_p, format_published, format_values, group_of, is_ok,
+                               method_of, override_key, proportion_of, split_overrides)
+from .rows import Row
+from .stats import Welch, holm, welch
+from .table import DASH, Column, csv_table, markdown_table
 
 EQUAL_BUDGET = 0.02  # two budgets are equal when they differ by at most this fraction of the larger
 # Dataset keys that only say where and how files are read: they never make two networks' data different.
@@ -110,93 +114,126 @@ def point_label(result: dict) -> str:
     return ",".join(items)
 
 
-def budget_levels(rows: list[dict]) -> list[list[dict]]:
+def budget_levels(rows: list[Row]) -> list[list[Row]]:
     """Summary rows (with runs) grouped by network and data, then into levels of equal ReLU budget, cheapest
     first; a level starts at its smallest budget and takes every budget within ``EQUAL_BUDGET`` of it."""
     levels = []
-    by_base: dict[str, list[dict]] = {}
+    by_base: dict[str, list[Row]] = {}
     for row in rows:
-        if row["n"] and row.get("budget") is not None:
-            by_base.setdefault(row["_base"], []).append(row)
+        if row.n and row.budget is not None:
+            by_base.setdefault(row.base, []).append(row)
     for _, members in sorted(by_base.items()):
-        members.sort(key=lambda r: (r["budget"], r["config"]))
-        current: list[dict] = []
+        members.sort(key=lambda r: (r.budget, r.config))
+        current: list[Row] = []
         for row in members:
-            if current and row["budget"] > current[0]["budget"] * (1 + EQUAL_BUDGET):
+            if current and row.budget > current[0].budget * (1 + EQUAL_BUDGET):
                 levels.append(current)
                 current = []
             current.append(row)
         levels.append(current)
-    return sorted((level for level in levels if len(level) > 1), key=lambda lv: lv[0]["budget"])
+    return sorted((level for level in levels if len(level) > 1), key=lambda lv: lv[0].budget)
 
 
-def comparisons(rows: list[dict]) -> list[tuple[list[dict], dict, dict, Welch]]:
-    """(level, a, b, Welch of a's test errors minus b's) for every two configurations at one budget level."""
-    found = []
-    for level in budget_levels(rows):
-        for a, b in itertools.combinations(level, 2):
-            found.append((level, a, b, welch(a["test_errors"], b["test_errors"])))
-    return found
+@dataclass(frozen=True)
+class Comparison:
+    """Two configurations at one budget level: Welch's test of a's test errors minus b's, and its p-value
+    adjusted (Holm) for every comparison of the sweep."""
+
+    budget: float  # the level's smallest budget
+    a: Row
+    b: Row
+    welch: Welch
+    p_holm: float
+
+
+def comparisons(rows: list[Row]) -> list[Comparison]:
+    """Every two configurations at one budget level, with Welch's test and Holm's adjustment over them all."""
+    pairs = [(level[0].budget, a, b, welch(a.test_errors, b.test_errors))
+             for level in budget_levels(rows) for a, b in itertools.combinations(level, 2)]
+    adjusted = holm([w.p for *_, w in pairs])
+    return [Comparison(*pair, p) for pair, p in zip(pairs, adjusted)]
 
 
 def _count(x: float | None) -> str:
-    return "—" if x is None else f"{round(x):,}"
+    return DASH if x is None else f"{round(x):,}"
 
 
-def _welch_cells(w: Welch) -> list[str]:
-    if not w.testable:
-        return [f"{w.diff:+.2f}" if not math.isnan(w.diff) else "—", "n < 2 on a side", "—"]
-    return [f"{w.diff:+.2f}", f"[{w.low:+.2f}, {w.high:+.2f}]", format_p(w.p)]
+def _side(side: str, key: str, header: str | None = None, cell: Callable[[Row], str] | None = None,
+          name: str = "{key}_{side}") -> Column:
+    """A column of one side (``a`` or ``b``) of the comparison: ``key`` of that row, CSV field ``key_side``."""
+    def value(c: Comparison) -> Any:
+        return getattr(getattr(c, side), key)
+
+    return Column(name.format(key=key, side=side), value, header,
+                  None if cell is None else lambda c: cell(getattr(c, side)))
 
 
-def methods_markdown(rows: list[dict]) -> str:
+def _if_testable(cell: Callable[[Welch], str], untestable: str = DASH) -> Callable[[Comparison], str]:
+    return lambda c: cell(c.welch) if c.welch.testable else untestable
+
+
+# methods.csv (every column) and the summary's section "Methods at equal ReLU budget" (those with a title).
+COLUMNS: list[Column[Comparison]] = [
+    Column("budget", attrgetter("budget"), "ReLU budget", lambda c: _count(c.budget)),
+    *(column for side in ("a", "b") for column in (
+        _side(side, "config", side.upper()), _side(side, "method", f"method {side.upper()}"),
+        _side(side, "relus", f"ReLUs {side.upper()}", lambda r: _count(r.relus)))),
+    *(column for side in ("a", "b") for column in (
+        _side(side, "test_error", f"test error {side.upper()} (%)",
+              lambda r: format_mean_std(r.test_error, r.test_error_std)),
+        _side(side, "test_error_std", name="test_error_{side}_std"))),
+    Column("delta_test_error", attrgetter("welch.diff"), "Δ test (A − B)",
+           lambda c: DASH if math.isnan(c.welch.diff) else f"{c.welch.diff:+.2f}"),
+    Column("delta_ci_low", attrgetter("welch.low"), "95% CI",
+           _if_testable(lambda w: f"[{w.low:+.2f}, {w.high:+.2f}]", "n < 2 on a side")),
+    Column("delta_ci_high", attrgetter("welch.high")),
+    Column("p_welch", attrgetter("welch.p"), "p (Welch)", _if_testable(lambda w: format_p(w.p))),
+    Column("p_holm", attrgetter("p_holm"), "p (Holm)", lambda c: DASH if math.isnan(c.p_holm) else format_p(c.p_holm)),
+    Column("n_a", attrgetter("welch.n_a"), "n A vs B", lambda c: f"{c.welch.n_a} vs {c.welch.n_b}"),
+    Column("n_b", attrgetter("welch.n_b")),
+]
+
+
+def _testable(found: list[Comparison]) -> str:
+    k = sum(c.welch.testable for c in found)
+    return f"{k} testable comparison" + ("" if k == 1 else "s")
+
+
+def methods_markdown(rows: list[Row]) -> str:
     """The summary's section comparing configurations at equal ReLU budget (empty without such pairs)."""
     found = comparisons(rows)
     if not found:
         return ""
-    head = ["ReLU budget", "A", "method A", "ReLUs A", "B", "method B", "ReLUs B", "test error A (%)",
-            "test error B (%)", "Δ test (A − B)", "95% CI", "p (Welch)", "n A vs B"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for level, a, b, w in found:
-        lines.append("| " + " | ".join([_count(level[0]["budget"]), a["config"], a["method"], _count(a["relus"]),
-                                        b["config"], b["method"], _count(b["relus"]),
-                                        format_mean_std(a["test_error"], a["test_error_std"]),
-                                        format_mean_std(b["test_error"], b["test_error_std"]),
-                                        *_welch_cells(w), f"{w.n_a} vs {w.n_b}"]) + " |")
     return ("\n## Methods at equal ReLU budget\n\nEvery two configurations of one network and data set whose ReLU "
             f"budgets agree within {EQUAL_BUDGET:.0%} (the budget is erase.budget as a count of ReLUs per image "
             "where a run sets one, else the ReLUs it counts; a level is named by its smallest budget). Δ: A's "
             "mean test error minus B's, with the 95% confidence interval and the two-sided p-value of Welch's "
-            "t-test over seeds; p < 0.05: the difference is unlikely to be seed noise.\n\n"
-            + "\n".join(lines) + "\n")
+            "t-test over seeds; p < 0.05: the difference is unlikely to be seed noise. p (Holm): the p-value "
+            f"adjusted by Holm's method for the {_testable(found)} of this table together; read it, not the raw "
+            "p, when any of the pairs may count as a finding.\n\n"
+            + markdown_table(COLUMNS, found))
 
 
-METHODS_CSV = ("budget", "config_a", "method_a", "relus_a", "config_b", "method_b", "relus_b", "test_error_a",
-               "test_error_a_std", "test_error_b", "test_error_b_std", "delta_test_error", "delta_ci_low",
-               "delta_ci_high", "p_welch", "n_a", "n_b")
-
-
-def methods_csv(rows: list[dict]) -> str:
+def methods_csv(rows: list[Row]) -> str:
     """``methods.csv``: the comparisons at equal budget, unformatted (empty where there is no value)."""
-    out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=METHODS_CSV, lineterminator="\n")
-    writer.writeheader()
-    for level, a, b, w in comparisons(rows):
-        record = {"budget": level[0]["budget"], "config_a": a["config"], "method_a": a["method"],
-                  "relus_a": a["relus"], "config_b": b["config"], "method_b": b["method"], "relus_b": b["relus"],
-                  "test_error_a": a["test_error"], "test_error_a_std": a["test_error_std"],
-                  "test_error_b": b["test_error"], "test_error_b_std": b["test_error_std"],
-                  "delta_test_error": w.diff, "delta_ci_low": w.low, "delta_ci_high": w.high, "p_welch": w.p,
-                  "n_a": w.n_a, "n_b": w.n_b}
-        writer.writerow({k: "" if v is None or isinstance(v, float) and math.isnan(v) else v
-                         for k, v in record.items()})
-    return out.getvalue()
+    return csv_table(COLUMNS, comparisons(rows))
 
 
-def select_at_budgets(rows: list[dict]) -> list[dict]:
-    """Per budget level, the configuration with the lowest mean best-val error (ties: fewer ReLUs), its errors,
-    and its test error against each other candidate's (Welch). The test set takes no part in the choice."""
-    no_val = [r["config"] for r in rows if r["n"] and math.isnan(r["best_val_error"])]
+@dataclass(frozen=True)
+class Choice:
+    """The configuration chosen on validation at one budget level, and its test errors against each other
+    candidate's: Welch's test and its p-value adjusted (Holm) over every such test of the selection."""
+
+    budget: float  # the level's smallest budget
+    chosen: Row
+    level: list[Row]
+    against: list[tuple[Row, Welch, float]]  # (another candidate, chosen minus it, Holm's p)
+
+
+def select_at_budgets(rows: list[Row]) -> list[Choice]:
+    """Per budget level, the configuration with the lowest mean best-val error (ties: fewer ReLUs), and its test
+    error against each other candidate's (Welch, Holm). The test set takes no part in the choice."""
+    no_val = [r.config for r in rows if r.n and math.isnan(r.best_val_error)]
     if no_val:
         raise UserError(f"{len(no_val)} configuration(s) have no validation error (e.g. {no_val[0]}): they were "
                         "trained with dataset.val_size=0, and a method must not be chosen on the test set. Re-run "
@@ -206,32 +243,43 @@ def select_at_budgets(rows: list[dict]) -> list[dict]:
         raise UserError("no two configurations of one network share a ReLU budget, so there is nothing to choose "
                         "between. Sweep the methods at the same budgets, e.g. erase.budget set to the ReLU counts "
                         "of the erase.proportion runs.")
-    chosen_rows = []
-    for level in levels:
-        chosen = min(level, key=lambda r: (r["best_val_error"], r["relus"] or 0.0, r["config"]))
-        others = [r for r in level if r is not chosen]
-        verdicts = []
-        for other in others:
-            w = welch(chosen["test_errors"], other["test_errors"])
-            verdicts.append(f"vs {other['config']}: " + (
-                f"Δ {w.diff:+.2f} [{w.low:+.2f}, {w.high:+.2f}], p={format_p(w.p)}, n={w.n_a} vs {w.n_b}"
-                if w.testable else f"not testable (n={w.n_a} vs {w.n_b})"))
-        chosen_rows.append({"budget": level[0]["budget"], "config": chosen["config"], "method": chosen["method"],
-                            "relus": chosen["relus"], "n": chosen["n"],
-                            "best_val_error": format_mean_std(chosen["best_val_error"], chosen["best_val_error_std"]),
-                            "test_error": format_values(chosen["test_errors"]),
-                            "val_means": {r["config"]: r["best_val_error"] for r in level},
-                            "verdicts": verdicts})
-    return chosen_rows
+    chosen = [min(level, key=lambda r: (r.best_val_error, r.relus or 0.0, r.config)) for level in levels]
+    tests = [[(other, welch(best.test_errors, other.test_errors)) for other in level if other is not best]
+             for best, level in zip(chosen, levels)]
+    adjusted = iter(holm([w.p for level in tests for _, w in level]))
+    return [Choice(level[0].budget, best, level, [(other, w, next(adjusted)) for other, w in against])
+            for best, level, against in zip(chosen, levels, tests)]
 
 
-def selection_markdown(chosen: list[dict]) -> str:
-    head = ["ReLU budget", "chosen on val", "method", "ReLUs", "n", "best val error (%)", "test error (%)",
-            "test error vs the other candidates", "mean best val error per candidate"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for c in chosen:
-        candidates = "; ".join(f"{config}: {v:.2f}" for config, v in c["val_means"].items())
-        lines.append("| " + " | ".join([_count(c["budget"]), c["config"], c["method"], _count(c["relus"]), str(c["n"]),
-                                        c["best_val_error"], c["test_error"], "; ".join(c["verdicts"]),
-                                        candidates]) + " |")
-    return "\n".join(lines) + "\n"
+def _verdicts(choice: Choice) -> str:
+    return "; ".join(f"vs {other.config}: " + (
+        f"Δ {w.diff:+.2f} [{w.low:+.2f}, {w.high:+.2f}], p={format_p(w.p)} (Holm {format_p(p_holm)}), "
+        f"n={w.n_a} vs {w.n_b}" if w.testable else f"not testable (n={w.n_a} vs {w.n_b})")
+        for other, w, p_holm in choice.against)
+
+
+def _published_choice(choices: list[Choice]) -> bool:
+    return any(c.chosen.paper for c in choices)
+
+
+SELECTION_COLUMNS: list[Column[Choice]] = [
+    Column(None, attrgetter("budget"), "ReLU budget", lambda c: _count(c.budget)),
+    Column(None, attrgetter("chosen.config"), "chosen on val"),
+    Column(None, attrgetter("chosen.method"), "method"),
+    Column(None, attrgetter("chosen.relus"), "ReLUs", lambda c: _count(c.chosen.relus)),
+    Column(None, attrgetter("chosen.n"), "n"),
+    Column(None, attrgetter("chosen.best_val_error"), "best val error (%)",
+           lambda c: format_mean_std(c.chosen.best_val_error, c.chosen.best_val_error_std)),
+    Column(None, attrgetter("chosen.test_error"), "test error (%)", lambda c: format_values(c.chosen.test_errors)),
+    Column(None, attrgetter("chosen.paper"), "published test error (%)", lambda c: format_published(c.chosen.paper),
+           _published_choice),
+    Column(None, attrgetter("chosen.diff"), "diff from published",
+           lambda c: DASH if math.isnan(c.chosen.diff) else f"{c.chosen.diff:+.2f}", _published_choice),
+    Column(None, attrgetter("against"), "test error vs the other candidates", _verdicts),
+    Column(None, attrgetter("level"), "mean best val error per candidate",
+           lambda c: "; ".join(f"{r.config}: {r.best_val_error:.2f}" for r in c.level)),
+]
+
+
+def selection_markdown(choices: list[Choice]) -> str:
+    return markdown_table(SELECTION_COLUMNS, choices)

@@ -8,7 +8,8 @@
 - ``pareto.png``: test error against the ReLU count of one forward pass (the cost metric of ReLU-reduction
   work), one line per family; only for sweeps over the proportion whose runs record ``relus``. A sweep with a
   budgeted method (``erase.method`` gates or cull) draws it across methods instead: one series per method, log
-  ReLU axis (``plot_methods``).
+  ReLU axis (``plot_methods``). In both, points of several series at one count stand side by side, and a published
+  value (``paper.*``) is a hollow marker of its series beside the configuration it is for.
 """
 
 from __future__ import annotations
@@ -18,16 +19,21 @@ import statistics
 import textwrap
 from pathlib import Path
 
-from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter, MaxNLocator
+from typing import Hashable
 
-from .methods import has_methods, point_label, series_key, series_labels
-from ..common.records import family_of, finite, group_of, is_ok, mean_std, proportion_of, read_metrics, split_overrides
+from matplotlib.figure import Figure
+from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator, NullLocator
+
+from .methods import EQUAL_BUDGET, has_methods, point_label, series_key, series_labels
+from ..common.records import (family_of, finite, group_of, is_ok, mean_std, proportion_of, published_error,
+                              read_metrics, split_overrides)
 
 STYLES = (("train", "-"), ("val", ":"), ("test", "--"))
 MANY_CONFIGS = 6  # above this, the overview panels draw test curves only, without bands
 ZOOM_FRACTION = 0.25  # the zoomed panel shows this last fraction of the epochs
 ZOOM_KEEP = 2.0  # the zoomed panel leaves out configurations whose final test error is above this × the best + 1
+SIDE_STEP = 0.025  # points of several series at one ReLU count are set this fraction of the x range apart
+MARKERS = "os^Dvp<>"  # one per series, beside its colour
 
 
 def short_labels(configs: list[str]) -> tuple[list[str], str]:
@@ -181,30 +187,111 @@ def plot_proportions(results: list[dict], path: Path) -> Figure:
 
 def plot_pareto(results: list[dict], path: Path) -> Figure:
     """Test error against the ReLU count of one forward pass, one line per family, each point labelled with its
-    proportion: the trade a ReLU-reduction paper plots."""
+    proportion: the trade a ReLU-reduction paper plots; the published values as hollow markers."""
     families, _, common = _families([r for r in results if r.get("relus") is not None])
     fig = Figure(figsize=(8, 5), layout="constrained")
     ax = fig.subplots()
-    for label, runs in families.items():
-        by_p: dict[float, list[dict]] = {}
-        for r in runs:
-            by_p.setdefault(proportion_of(r), []).append(r)
-        points = sorted((statistics.fmean(finite(r["relus"] for r in rs)), p,
-                         _error_bars([r["test_error"] for r in rs])) for p, rs in by_p.items())
-        line = ax.errorbar([x for x, _, _ in points], [b[0] for _, _, b in points],
-                           yerr=[[b[1] for _, _, b in points], [b[2] for _, _, b in points]], marker="o", capsize=3,
-                           label=label)
-        for x, p, (mean, _, _) in points:
-            ax.annotate(f"p={p:g}", (x, mean), textcoords="offset points", xytext=(4, 4), fontsize=7,
-                        color=line[0].get_color())
+    series = {label: [(statistics.fmean(finite(r["relus"] for r in rs)), f"p={p:g}", rs)
+                      for p, rs in sorted(_by_proportion(runs).items())] for label, runs in families.items()}
+    notes = _draw_points(ax, series, log=False)
     ax.set_xlabel("ReLU elements in one forward pass on one image")
     ax.set_ylabel("test error (%)")
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
-    _caption(fig, "Test error against ReLU count (erase.proportion labelled), mean ± std over seeds", common)
+    _caption(fig, "Test error against ReLU count (erase.proportion labelled), mean ± std over seeds" + notes, common)
     ax.grid(alpha=0.3)
-    fig.legend(loc="outside lower center", ncols=min(3, len(families)), fontsize="small")
+    _legend(fig, ax, 3)
     fig.savefig(path, dpi=100)
     return fig
+
+
+def _legend(fig: Figure, ax, columns: int) -> None:
+    """The series' legend below the axes, in up to ``columns`` columns where the labels fit the figure's width,
+    long labels wrapped between overrides."""
+    width = int(fig.get_figwidth() * 14)  # characters of a small legend label per inch
+    handles, labels = ax.get_legend_handles_labels()
+    columns = max(1, min(columns, len(labels), width // max(max(map(len, labels), default=1) + 8, 1)))
+    wrapped = ["\n".join(textwrap.wrap(label, width // columns - 8, break_long_words=False)) for label in labels]
+    fig.legend(handles, wrapped, loc="outside lower center", ncols=columns, fontsize="small")
+
+
+def _by_proportion(runs: list[dict]) -> dict[float, list[dict]]:
+    by_p: dict[float, list[dict]] = {}
+    for r in runs:
+        by_p.setdefault(proportion_of(r), []).append(r)
+    return by_p
+
+
+def side_by_side(points: list[tuple[Hashable, float]], log: bool) -> dict[tuple[Hashable, float], float]:
+    """Where to draw each (series, x): the points of several series at one ReLU count (within EQUAL_BUDGET of
+    the group's smallest) are set SIDE_STEP of the x range apart, centred on the count, so none hides another."""
+    if not points:
+        return {}
+    scale = math.log10 if log else float
+    xs = sorted({x for _, x in points})
+    step = SIDE_STEP * max(scale(xs[-1]) - scale(xs[0]), 0.3 if log else 0.1 * abs(xs[-1]) or 1.0)
+    drawn, group = {}, []
+    for x in xs + [math.inf]:
+        if group and x > group[0] * (1 + EQUAL_BUDGET):
+            keys = list(dict.fromkeys(key for key, px in points if px in group))
+            for key, px in points:
+                if px in group:
+                    shift = (keys.index(key) - (len(keys) - 1) / 2) * step
+                    drawn[key, px] = px * 10 ** shift if log else px + shift
+            group = []
+        group.append(x)
+    return drawn
+
+
+def _draw_points(ax, series: dict[str, list[tuple[float, str, list[dict]]]], log: bool) -> str:
+    """Per series (label -> (ReLUs, point label, runs) per configuration): mean ± std of its test errors, joined
+    by a line, points that coincide labelled once; where a published value gives the configuration's test error,
+    a hollow marker of the series at the same x. Returns what the caption should add about it."""
+    drawn = side_by_side([(label, x) for label, points in series.items() for x, _, _ in points], log)
+    for i, (label, points) in enumerate(series.items()):
+        points = sorted(points, key=lambda p: p[0])
+        xs = [drawn[label, x] for x, _, _ in points]
+        bars = [_error_bars([r["test_error"] for r in runs]) for _, _, runs in points]
+        n = max(len(runs) for _, _, runs in points)
+        line = ax.errorbar(xs, [m for m, _, _ in bars], yerr=[[lo for _, lo, _ in bars], [hi for _, _, hi in bars]],
+                           marker=MARKERS[i % len(MARKERS)], capsize=3, label=f"{label} (n={n} per point)")
+        colour = line[0].get_color()
+        texts: dict[tuple[float, float], list[str]] = {}  # points that coincide share one label
+        for x, (_, text, _), (mean, _, _) in zip(xs, points, bars):
+            if text:
+                texts.setdefault((x, mean), []).append(text)
+        for (x, mean), parts in texts.items():
+            ax.annotate("; ".join(parts), (x, mean), textcoords="offset points", xytext=(4, 4), fontsize=7,
+                        color=colour)
+        published = [(x, paper) for x, (_, _, runs) in zip(xs, points) if (paper := published_error(runs[0]))]
+        if published:
+            errors = [(p["test_error"], p.get("test_error_std") or 0.0) for _, p in published]
+            bars = [[min(s, e) for e, s in errors], [min(s, 100.0 - e) for e, s in errors]]
+            ax.errorbar([x for x, _ in published], [e for e, _ in errors],
+                        yerr=bars if any(s for _, s in errors) else None,  # caps of no length would strike it out
+                        marker=MARKERS[i % len(MARKERS)], markersize=9, markerfacecolor="none", color=colour,
+                        linestyle="none", capsize=3, label=f"{label}: published")
+    moved = any(x != px for (_, px), x in drawn.items())
+    published = any(c.get_label().endswith(": published") for c in ax.containers)
+    return ("; points at one count are set side by side" if moved else "") + \
+        ("; hollow: the published value" if published else "")
+
+
+def readable_log_ticks(axis) -> None:
+    """Label a log axis with the densest of every digit, 1-2-5 or the powers of ten of each decade that puts at
+    most ten labels in its range; a range too narrow for three of them (about a factor of 2) gets even linear
+    steps. No minor labels: matplotlib's leave a range within one decade with a single label."""
+    low, high = sorted(axis.get_view_interval())
+    decades = range(math.floor(math.log10(low)), math.ceil(math.log10(high)) + 1)
+    ticks: list[float] = []
+    for mantissas in (range(1, 10), (1, 2, 5), (1,)):
+        ticks = [m * 10.0 ** d for d in decades for m in mantissas if low <= m * 10.0 ** d <= high]
+        if len(ticks) <= 10:
+            break
+    if len(ticks) < 3:
+        ticks = [t for t in MaxNLocator(nbins=5).tick_values(low, high) if low <= t <= high]
+    axis.set_major_locator(FixedLocator(ticks))
+    axis.set_minor_locator(NullLocator())
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}" if v >= 10 else f"{v:g}"))
 
 
 def write_plots(root: Path, results: list[dict]) -> list[Path]:
@@ -233,36 +320,25 @@ def write_plots(root: Path, results: list[dict]) -> list[Path]:
     return written
 
 
-def plot_methods(results: list[dict], path: Path):
+def plot_methods(results: list[dict], path: Path) -> Figure:
     """Test error against ReLU count (log axis), one series per method, a point per configuration with mean ± std
-    over seeds, labelled with its proportion or budget."""
+    over seeds, labelled with its proportion or budget; the published values as hollow markers."""
     ok = [r for r in results if is_ok(r) and r.get("relus") is not None and r.get("test_error") is not None]
-    series: dict[tuple, dict[str, list[dict]]] = {}
+    by_series: dict[tuple, dict[str, list[dict]]] = {}
     for r in ok:
-        series.setdefault(series_key(r), {}).setdefault(group_of(r), []).append(r)
-    labels = series_labels(sorted(series))
+        by_series.setdefault(series_key(r), {}).setdefault(group_of(r), []).append(r)
+    labels = series_labels(sorted(by_series))
+    series = {labels[key]: [(statistics.fmean(r["relus"] for r in runs), point_label(runs[0]), runs)
+                            for runs in by_series[key].values()] for key in sorted(by_series)}
     fig = Figure(figsize=(8, 5), layout="constrained")
     ax = fig.subplots()
-    for key in sorted(series):
-        points = sorted((statistics.fmean(r["relus"] for r in runs), point_label(runs[0]),
-                         _error_bars([r["test_error"] for r in runs]), len(runs)) for runs in series[key].values())
-        line = ax.errorbar([x for x, *_ in points], [b[0] for _, _, b, _ in points],
-                           yerr=[[b[1] for _, _, b, _ in points], [b[2] for _, _, b, _ in points]], marker="o",
-                           capsize=3, label=f"{labels[key]} (n={max(n for *_, n in points)} per point)")
-        texts: dict[tuple[float, float], list[str]] = {}  # points that coincide share one label
-        for x, text, (mean, _, _), _ in points:
-            if text:
-                texts.setdefault((x, mean), []).append(text)
-        for (x, mean), parts in texts.items():
-            ax.annotate("; ".join(parts), (x, mean), textcoords="offset points", xytext=(4, 4), fontsize=7,
-                        color=line[0].get_color())
+    notes = _draw_points(ax, series, log=True)
     ax.set_xscale("log")
     ax.set_xlabel("ReLU elements in one forward pass on one image (log scale)")
     ax.set_ylabel("test error (%)")
-    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
-    ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}" if str(round(v))[0] in "25" else ""))
-    _caption(fig, "Test error against ReLU count, one series per method, mean ± std over seeds", "")
-    ax.grid(alpha=0.3, which="both")
-    fig.legend(loc="outside lower center", ncols=min(2, len(series)), fontsize="small")
+    readable_log_ticks(ax.xaxis)
+    _caption(fig, "Test error against ReLU count, one series per method, mean ± std over seeds" + notes, "")
+    ax.grid(alpha=0.3)
+    _legend(fig, ax, 2)
     fig.savefig(path, dpi=100)
     return fig

@@ -10,10 +10,13 @@ t-test, two-sided, over seeds). The test set never takes part in the choice.
 from __future__ import annotations
 
 import math
+from operator import itemgetter
 
 from ..common.errors import UserError
-from ..common.records import family_of, format_p, format_values, is_ok, mean_std, proportion_of
+from ..common.records import (family_of, format_p, format_published, format_values, is_ok, mean_std, proportion_of,
+                               published_error)
 from .stats import welch
+from .table import DASH, Column, markdown_table
 
 PAPER_CANDIDATES = (0.25, 0.5, 0.75, 1.0)  # EraseReLU Sec. 4: selected from {25, 50, 75, 100}% on validation
 LEVEL = 0.05  # the significance level of "beats p=0"
@@ -56,7 +59,11 @@ def select(results: list[dict], among: tuple[float, ...] = PAPER_CANDIDATES) -> 
         chosen = min(val_means, key=lambda p: (val_means[p], p))  # ties go to the smaller proportion
         runs = by_p[chosen]
         original = [r["test_error"] for r in ok if family_of(r) == family and proportion_of(r) == 0.0]
-        rows.append({"family": family, "proportion": chosen, "n": len(runs), "val_means": val_means,
+        paper = published_error(runs[0])
+        rows.append({"paper": paper,
+                     "paper_diff": mean_std(r.get(paper.get("metric", "test_error")) for r in runs)[0]
+                     - paper["test_error"] if paper else None,
+                     "family": family, "proportion": chosen, "n": len(runs), "val_means": val_means,
                      "best_val_error": format_values(r["best_val_error"] for r in runs),
                      "test_error": format_values(r["test_error"] for r in runs),
                      "test_error_at_best_val": format_values(r["test_error_at_best_val"] for r in runs),
@@ -65,14 +72,27 @@ def select(results: list[dict], among: tuple[float, ...] = PAPER_CANDIDATES) -> 
     return rows
 
 
+def _published(rows: list[dict]) -> bool:
+    return any(r["paper"] for r in rows)
+
+
+COLUMNS: list[Column[dict]] = [
+    Column(None, itemgetter("family"), "family"),
+    Column(None, itemgetter("proportion"), "chosen proportion", lambda r: f"{r['proportion']:g}"),
+    Column(None, itemgetter("n"), "n"),
+    Column(None, itemgetter("best_val_error"), "best val error (%)"),
+    Column(None, itemgetter("test_error"), "test error (%)"),
+    Column(None, itemgetter("test_error_at_best_val"), "test @ best val (%)"),
+    Column(None, itemgetter("paper"), "published (%)", lambda r: format_published(r["paper"]), _published),
+    Column(None, itemgetter("paper_diff"), "diff from published",
+           lambda r: DASH if r["paper_diff"] is None else f"{r['paper_diff']:+.2f}", _published),
+    Column(None, itemgetter("original_test_error"), "original (p=0) test error (%)"),
+    Column(None, itemgetter("verdict"), "vs p=0 on test error"),
+    Column(None, itemgetter("val_means"), "mean best val error per candidate",
+           lambda r: ", ".join(f"{p:g}: {v:.2f}" for p, v in r["val_means"].items())),
+]
+
+
 def to_markdown(rows: list[dict]) -> str:
-    head = ["family", "chosen proportion", "n", "best val error (%)", "test error (%)", "test @ best val (%)",
-            "original (p=0) test error (%)", "vs p=0 on test error", "mean best val error per candidate"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in rows:
-        candidates = ", ".join(f"{p:g}: {v:.2f}" for p, v in r["val_means"].items())
-        lines.append("| " + " | ".join([r["family"], f"{r['proportion']:g}", str(r["n"]), r["best_val_error"],
-                                        r["test_error"], r["test_error_at_best_val"], r["original_test_error"],
-                                        r["verdict"], candidates]) + " |")
     verdicts = [f"- {r['family']}: p={r['proportion']:g} {r['verdict']}." for r in rows]
-    return "\n".join(lines) + "\n\n" + "\n".join(verdicts) + "\n"
+    return markdown_table(COLUMNS, rows) + "\n" + "\n".join(verdicts) + "\n"

@@ -100,3 +100,17 @@ def _beta_fraction(a: float, b: float, x: float) -> float:
         if abs(c * d - 1.0) < eps:
             break
     return value
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm's step-down adjustment of p-values tested together: the k-th smallest of m is multiplied by
+    m - k + 1, then each is raised to the largest adjusted value before it (capped at 1), so that rejecting where
+    the adjusted p < alpha keeps the chance of any false rejection within alpha. NaN (an untestable comparison)
+    stays NaN and does not count in m."""
+    order = sorted((i for i, p in enumerate(p_values) if not math.isnan(p)), key=lambda i: p_values[i])
+    adjusted = [math.nan] * len(p_values)
+    running = 0.0
+    for k, i in enumerate(order):
+        running = max(running, min(1.0, (len(order) - k) * p_values[i]))
+        adjusted[i] = running
+    return adjusted

@@ -15,23 +15,24 @@ writes them when the sweep ends.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 import sys
+from operator import attrgetter
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 from omegaconf import OmegaConf
 
 from ..common.config import with_schema_defaults
 from ..common.records import (FAILURE_FILE, failure_of, final_train_error, finite, format_mean_std, format_p,
-                               group_of, is_ok, mean_std, method_of, override_key, proportion_of, run_group,
-                               split_overrides)
+                               format_published, group_of, is_ok, mean_std, method_of, override_key, paper_applies,
+                               proportion_of, run_group, split_overrides)
 from ..common.runlock import RUNNING, describe, live_holder
 from .methods import base_of, budget_of, has_methods, methods_csv, methods_markdown
+from .rows import Row
 from .stats import Welch, welch
+from .table import DASH, Column, always, csv_table, is_missing, markdown_table
 
 METRICS = (  # (result key, column title)
     ("test_error", "test error (%)"),
@@ -126,27 +127,15 @@ def reference_family(result: dict) -> str:
     return json.dumps([rest, config.get("model"), dataset, config.get("schedule")], sort_keys=True, default=str)
 
 
-def _paper_applies(paper: dict | None, key: str, proportion: float | None) -> bool:
-    return bool(paper) and paper.get(key) is not None and (
-        paper.get("proportion") is None or (proportion is not None and math.isclose(paper["proportion"], proportion)))
-
-
-def compare_with_paper(row: dict, paper: dict | None, proportion: float | None) -> None:
-    """Add the published values and their differences (this row minus the paper) where the paper's record
-    applies: ``diff`` for the compared test metric, ``top5_diff`` for top-5, ``train_diff`` for the train error."""
-    row["paper"] = paper if _paper_applies(paper, "test_error", proportion) else None
-    row["diff"] = (row[paper.get("metric", "test_error")] - paper["test_error"] if row["paper"] else math.nan)
-    row["paper_top5"] = paper["test_top5_error"] if _paper_applies(paper, "test_top5_error", proportion) else None
-    row["top5_diff"] = row["test_top5_error"] - row["paper_top5"] if row["paper_top5"] is not None else math.nan
-    row["paper_train"] = paper["train_error"] if _paper_applies(paper, "train_error", proportion) else None
-    row["train_diff"] = row["train_error"] - row["paper_train"] if row["paper_train"] is not None else math.nan
-
-
 def _name_of(result: dict) -> str:
     return (result.get("config") or {}).get("name") or ""
 
 
-def summarize(results: Iterable[dict]) -> list[dict]:
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def summarize(results: Iterable[dict]) -> list[Row]:
     """One row per configuration: n, failed, unfinished and running runs (with the failures' reasons and the
     running runs' holders), mean and std of every metric, the comparison with the reference (Welch), the
     published values and differences, ReLUs, params, MACs, mean seconds."""
@@ -161,182 +150,204 @@ def summarize(results: Iterable[dict]) -> list[dict]:
         unfinished = [r for r in runs if r.get("status") == "unfinished"]
         running = [r for r in runs if r.get("status") == RUNNING]
         failed = [r for r in runs if not is_ok(r) and r.get("status") not in ("unfinished", RUNNING)]
-        label = group or "(defaults)"
-        row: dict[str, Any] = {
-            "config": f"{name}: {label}" if several_names and name else label, "n": len(ok),
-            "unfinished": len(unfinished), "running": len(running), "failed": len(failed),
-            "seeds": sorted(r.get("seed") for r in ok),
-            "failures": [(r.get("seed"), r.get("_dir"), failure_of(r) or "no reason recorded") for r in failed],
-            "holders": [(r.get("seed"), r.get("_dir"), describe(r.get("holder") or {})) for r in running],
-            "test_errors": finite(r.get("test_error") for r in ok)}
-        for key, _ in METRICS + (("test_top5_error", ""),):
-            row[key], row[key + "_std"] = mean_std(r.get(key) for r in ok)
-        row["train_error"], row["train_error_std"] = mean_std(final_train_error(r) for r in ok)
         first = (ok or [r for r in runs if r.get("status") not in ("unfinished", RUNNING)] or runs)[0]
-        compare_with_paper(row, first.get("paper"), proportion_of(first))
-        row["params"], row["macs"] = first.get("params"), first.get("macs")
-        relus = finite(r.get("relus") for r in ok)
-        row["relus"] = sum(relus) / len(relus) if relus else None
-        row["seconds"] = mean_std(r.get("seconds") for r in ok)[0]
-        row["proportion"], row["_family"] = proportion_of(first), reference_family(first)
-        row["method"], row["_base"] = method_of(first), base_of(first)
-        budgets = finite(budget_of(r) for r in ok)
-        row["budget"] = sum(budgets) / len(budgets) if budgets else None
-        row["_unerased"] = [o for o in split_overrides(group) if override_key(o) != "erase.proportion"]
-        row["_name"] = name
-        rows.append(row)
+        label = group or "(defaults)"
+        metrics = {}
+        for key in ("test_error", "best_val_error", "test_error_at_best_val", "test_top5_error"):
+            metrics[key], metrics[key + "_std"] = mean_std(r.get(key) for r in ok)
+        metrics["train_error"], metrics["train_error_std"] = mean_std(final_train_error(r) for r in ok)
+        paper, proportion = first.get("paper"), proportion_of(first)
+        rows.append(Row(
+            config=f"{name}: {label}" if several_names and name else label, name=name, n=len(ok),
+            failed=len(failed), unfinished=len(unfinished), running=len(running),
+            seeds=sorted(r.get("seed") for r in ok),
+            failures=[(r.get("seed"), r.get("_dir"), failure_of(r) or "no reason recorded") for r in failed],
+            holders=[(r.get("seed"), r.get("_dir"), describe(r.get("holder") or {})) for r in running],
+            test_errors=finite(r.get("test_error") for r in ok), **metrics,
+            paper=paper if paper_applies(paper, "test_error", proportion) else None,
+            paper_top5=paper["test_top5_error"] if paper_applies(paper, "test_top5_error", proportion) else None,
+            paper_train=paper["train_error"] if paper_applies(paper, "train_error", proportion) else None,
+            params=first.get("params"), macs=first.get("macs"), relus=_mean(finite(r.get("relus") for r in ok)),
+            seconds=mean_std(r.get("seconds") for r in ok)[0], proportion=proportion, method=method_of(first),
+            budget=_mean(finite(budget_of(r) for r in ok)), family=reference_family(first), base=base_of(first),
+            unerased=[o for o in split_overrides(group) if override_key(o) != "erase.proportion"]))
+    sources: list[tuple[str, str]] = []
     for row in rows:
         add_reference(row, rows)
+        if row.paper:
+            source = (row.paper["source"], row.paper.get("metric", "test_error"))
+            sources += [source] if source not in sources else []
+            row.paper_note = sources.index(source) + 1
     return rows
 
 
-def add_reference(row: dict, rows: list[dict]) -> None:
+def add_reference(row: Row, rows: list[Row]) -> None:
     """``reference`` (the row it is compared with, None where there is none) and ``welch``: this row's test
     error minus the reference's. The reference is a row of the same family at proportion 0, preferring one
     whose other ``erase.*`` items are this row's too."""
-    row["reference"], row["welch"], row["reference_differs"] = None, None, False
-    if row["method"] != "erase":  # a budgeted method: the original network of the same model and data
-        candidates = [r for r in rows if r["method"] == "erase" and r["proportion"] == 0 and r["n"]
-                      and r["_base"] == row["_base"]]
+    if row.method != "erase":  # a budgeted method: the original network of the same model and data
+        candidates = [r for r in rows if r.method == "erase" and r.proportion == 0 and r.n and r.base == row.base]
         if candidates:
-            reference = max(candidates, key=lambda r: (r["_name"] == row["_name"], r["n"], r["config"]))
-            row["reference"], row["reference_differs"] = reference["config"], True
-            if row["test_errors"]:
-                row["welch"] = welch(row["test_errors"], reference["test_errors"])
+            reference = max(candidates, key=lambda r: (r.name == row.name, r.n, r.config))
+            row.reference, row.reference_differs = reference.config, True
+            if row.test_errors:
+                row.welch = welch(row.test_errors, reference.test_errors)
         return
-    if row["proportion"] is None or row["proportion"] == 0:
+    if row.proportion is None or row.proportion == 0:
         return
-    candidates = [r for r in rows if r["_family"] == row["_family"] and r["proportion"] == 0 and r["n"]]
+    candidates = [r for r in rows if r.family == row.family and r.proportion == 0 and r.n]
     if not candidates:
         return
-    reference = max(candidates, key=lambda r: (r["_unerased"] == row["_unerased"], r["n"]))
-    row["reference"] = reference["config"]
+    reference = max(candidates, key=lambda r: (r.unerased == row.unerased, r.n))
+    row.reference = reference.config
     # a reference that is not simply this row's overrides at erase.proportion=0 is named under the table
-    row["reference_differs"] = (reference["_unerased"], reference["_name"]) != (row["_unerased"], row["_name"])
-    if row["test_errors"]:
-        row["welch"] = welch(row["test_errors"], reference["test_errors"])
+    row.reference_differs = (reference.unerased, reference.name) != (row.unerased, row.name)
+    if row.test_errors:
+        row.welch = welch(row.test_errors, reference.test_errors)
 
 
 def _exact(n: float | None) -> str:
     """11000 -> 11,000: a count whose every digit matters (ReLUs, compared by hand with papers)."""
-    return "—" if n is None else f"{round(n):,}"
+    return DASH if n is None else f"{round(n):,}"
 
 
 def _count(n: float | None) -> str:
-    """1234567 -> 1.23M: parameter, MAC and ReLU counts at a glance."""
+    """1234567 -> 1.23M: parameter and MAC counts at a glance."""
     if not n:
-        return "—"
+        return DASH
     for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
         if n >= scale:
             return f"{n / scale:.2f}{suffix}"
     return f"{n:g}"
 
 
-def significance_cells(row: dict) -> list[str]:
-    """Δ test error vs the reference, its 95% CI, the Welch p-value, and n on each side."""
-    w: Welch | None = row["welch"]
-    if row["proportion"] == 0 and row["n"]:
-        return ["(reference)", "", "", ""]
-    if w is None:
-        return ["—", "—", "—", "—"]
-    sizes = f"{w.n_a} vs {w.n_b}"
-    if not w.testable:
-        return ["n < 2 on a side", "—", "—", sizes]
-    return [f"{w.diff:+.2f}", f"[{w.low:+.2f}, {w.high:+.2f}]", format_p(w.p), sizes]
+def _signed(x: float | None) -> str:
+    return DASH if is_missing(x) else f"{x:+.2f}"
 
 
-def _title(metric: str) -> str:
-    return dict(METRICS)[metric]
+def _percent(x: float | None) -> str:
+    return DASH if x is None else f"{x:.2f}"
 
 
-def _diff(x: float) -> str:
-    return "—" if math.isnan(x) else f"{x:+.2f}"
+def _significance(row: Row, cell: Callable[[Welch], str], untestable: Callable[[Welch], str] | None = None) -> str:
+    """A cell of the comparison with the reference: empty on the reference itself, the dash without a
+    comparison, ``untestable``'s text (else the dash) with fewer than two runs on a side."""
+    if row.is_reference:
+        return ""
+    if row.welch is None:
+        return DASH
+    if not row.welch.testable:
+        return untestable(row.welch) if untestable else DASH
+    return cell(row.welch)
 
 
-def to_markdown(rows: list[dict]) -> str:
+def _sizes(w: Welch) -> str:
+    return f"{w.n_a} vs {w.n_b}"
+
+
+def _runs(row: Row) -> str:
+    """3 (+1 failed, +1 unfinished): finished runs, and the others where there are any."""
+    others = (("failed", row.failed), ("unfinished", row.unfinished), (RUNNING, row.running))
+    return f"{row.n}" + "".join(f" (+{k} {label})" for label, k in others if k)
+
+
+def _published(rows: Sequence[Row]) -> bool:
+    return any(r.paper for r in rows)
+
+
+def _with_top5(rows: Sequence[Row]) -> bool:
+    return any(not math.isnan(r.test_top5_error) for r in rows)
+
+
+def _with_paper_train(rows: Sequence[Row]) -> bool:
+    return any(r.paper_train is not None for r in rows)
+
+
+def _with_relus(rows: Sequence[Row]) -> bool:
+    return any(r.relus for r in rows)
+
+
+def _welch_value(field: str) -> Callable[[Row], Any]:
+    return lambda r: getattr(r.welch, field) if r.welch else None
+
+
+def metric_columns(key: str, header: str, shown: Callable[[Sequence[Row]], bool] = always) -> list[Column[Row]]:
+    """A metric's mean ± std over seeds: one markdown cell, two CSV fields (``key``, ``key_std``)."""
+    return [Column(key, attrgetter(key), header, lambda r: format_mean_std(getattr(r, key), getattr(r, key + "_std")),
+                   shown),
+            Column(key + "_std", attrgetter(key + "_std"))]
+
+
+# The summary's columns, in the order of summary.csv (every column) and summary.md (those with a title, where shown).
+COLUMNS: list[Column[Row]] = [
+    Column("config", attrgetter("config"), "config"),
+    Column("n", attrgetter("n"), "n", _runs),
+    Column("failed", attrgetter("failed")),
+    Column("unfinished", attrgetter("unfinished")),
+    Column("running", attrgetter("running")),
+    *(column for key, title in METRICS for column in metric_columns(key, title)),
+    Column("reference", attrgetter("reference")),
+    Column("ref_n", _welch_value("n_b")),
+    Column("delta_test_error", _welch_value("diff"), "Δ test vs reference",
+           lambda r: "(reference)" if r.is_reference else _significance(r, lambda w: f"{w.diff:+.2f}",
+                                                                        lambda w: "n < 2 on a side")),
+    Column("delta_ci_low", _welch_value("low"), "95% CI",
+           lambda r: _significance(r, lambda w: f"[{w.low:+.2f}, {w.high:+.2f}]")),
+    Column("delta_ci_high", _welch_value("high")),
+    Column("p_welch", _welch_value("p"), "p (Welch)", lambda r: _significance(r, lambda w: format_p(w.p))),
+    Column(None, attrgetter("welch"), "n vs ref", lambda r: _significance(r, _sizes, _sizes)),
+    Column("paper_test_error", lambda r: (r.paper or {}).get("test_error"), "paper (%)",
+           lambda r: format_published(r.paper, f"[{r.paper_note}]"), _published),
+    Column("paper_test_error_std", lambda r: (r.paper or {}).get("test_error_std")),
+    Column("paper_metric", lambda r: (r.paper or {}).get("metric")),
+    Column("paper_source", lambda r: (r.paper or {}).get("source")),
+    Column("diff", attrgetter("diff"), "diff", lambda r: _signed(r.diff), _published),
+    *metric_columns("test_top5_error", "top-5 error (%)", _with_top5),
+    Column("paper_test_top5_error", attrgetter("paper_top5"), "paper top-5", lambda r: _percent(r.paper_top5),
+           _with_top5),
+    Column("top5_diff", attrgetter("top5_diff"), "diff top-5", lambda r: _signed(r.top5_diff), _with_top5),
+    *metric_columns("train_error", "train error (%)", _with_paper_train),
+    Column("paper_train_error", attrgetter("paper_train"), "paper train", lambda r: _percent(r.paper_train),
+           _with_paper_train),
+    Column("train_diff", attrgetter("train_diff"), "diff train", lambda r: _signed(r.train_diff), _with_paper_train),
+    Column("relus", attrgetter("relus"), "ReLUs", lambda r: _exact(r.relus), _with_relus),
+    Column("params", attrgetter("params"), "params", lambda r: _count(r.params)),
+    Column("macs", attrgetter("macs"), "MACs", lambda r: _count(r.macs)),
+    Column("seconds", attrgetter("seconds"), "time/run (s)",
+           lambda r: DASH if math.isnan(r.seconds) else f"{r.seconds:.1f}"),
+    Column("failures", lambda r: "; ".join(f"seed {seed}: {reason}" for seed, _, reason in r.failures)),
+]
+
+
+def to_markdown(rows: list[Row]) -> str:
     """The summary table, then its notes: the reference of each comparison, one footnote per published source,
     and the failed runs with their reasons."""
-    top5 = any(not math.isnan(r["test_top5_error"]) for r in rows)
-    train = any(r["paper_train"] is not None for r in rows)
-    relus = any(r["relus"] for r in rows)
-    published = any(r["paper"] for r in rows)
-    head = (["config", "n"] + [title for _, title in METRICS] + ["Δ test vs reference", "95% CI", "p (Welch)",
-            "n vs ref"] + (["paper (%)", "diff"] if published else [])
-            + (["top-5 error (%)", "paper top-5", "diff top-5"] if top5 else [])
-            + (["train error (%)", "paper train", "diff train"] if train else []) + (["ReLUs"] if relus else [])
-            + ["params", "MACs", "time/run (s)"])
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    sources: list[tuple[str, str]] = []
-    references: list[tuple[str, str]] = []
+    sources = {}
     for r in rows:
-        n = f"{r['n']}" + "".join(f" (+{r[k]} {label})" for k, label in
-                                  (("failed", "failed"), ("unfinished", "unfinished"), ("running", RUNNING)) if r[k])
-        cells = [r["config"], n] + [format_mean_std(r[k], r[k + "_std"]) for k, _ in METRICS]
-        cells += significance_cells(r)
-        if r["reference_differs"]:
-            references.append((r["config"], r["reference"]))
-        paper, value = r["paper"], "—"
-        if paper:
-            source = (paper["source"], _title(paper.get("metric", "test_error")))
-            sources += [source] if source not in sources else []
-            std = paper.get("test_error_std")
-            value = format_mean_std(paper["test_error"], math.nan if std is None else std) + \
-                f" [{sources.index(source) + 1}]"
-        cells += [value, _diff(r["diff"])] if published else []
-        if top5:
-            paper_top5 = "—" if r["paper_top5"] is None else f"{r['paper_top5']:.2f}"
-            cells += [format_mean_std(r["test_top5_error"], r["test_top5_error_std"]), paper_top5,
-                      _diff(r["top5_diff"])]
-        if train:
-            paper_train = "—" if r["paper_train"] is None else f"{r['paper_train']:.2f}"
-            cells += [format_mean_std(r["train_error"], r["train_error_std"]), paper_train, _diff(r["train_diff"])]
-        cells += [_exact(r["relus"])] if relus else []
-        cells += [_count(r["params"]), _count(r["macs"]), "—" if math.isnan(r["seconds"]) else f"{r['seconds']:.1f}"]
-        lines.append("| " + " | ".join(cells) + " |")
+        if r.paper:
+            sources[r.paper_note] = (r.paper["source"], dict(METRICS)[r.paper.get("metric", "test_error")])
     notes = ["Δ test vs reference: this row's mean test error minus its reference's (the same configuration at "
              "erase.proportion=0), the 95% confidence interval of that difference and the p-value of Welch's "
              "t-test (unequal variances); p < 0.05: the difference is unlikely to be seed noise. n < 2 on a side "
-             "leaves no variance to test."] if any(r["welch"] for r in rows) else []
-    if any(r["method"] != "erase" and r["welch"] for r in rows):
+             "leaves no variance to test."] if any(r.welch for r in rows) else []
+    if any(r.method != "erase" and r.welch for r in rows):
         notes += ["The reference of a budgeted method (erase.method other than erase) is the original network: "
                   "the run of the same model and data at erase.proportion=0."]
-    notes += [f"Reference of {config}: {reference}." for config, reference in references]
+    notes += [f"Reference of {r.config}: {r.reference}." for r in rows if r.reference_differs]
     notes += [f"[{i}] {src}; diff = this row's {metric} minus the published value." for i, (src, metric) in
-              enumerate(sources, 1)]
-    failures = [f"- {r['config']}{'' if seed is None else f', seed {seed}'}: {reason} ({run_dir})" for r in rows
-                for seed, run_dir, reason in r["failures"]]
-    running = [f"- {r['config']}{'' if seed is None else f', seed {seed}'}: {holder} ({run_dir})" for r in rows
-               for seed, run_dir, holder in r["holders"]]
-    text = "\n".join(lines) + "\n" + "".join(f"\n{note}\n" for note in notes)
+              sorted(sources.items())]
+    failures = [f"- {r.config}{'' if seed is None else f', seed {seed}'}: {reason} ({run_dir})" for r in rows
+                for seed, run_dir, reason in r.failures]
+    running = [f"- {r.config}{'' if seed is None else f', seed {seed}'}: {holder} ({run_dir})" for r in rows
+               for seed, run_dir, holder in r.holders]
+    text = markdown_table(COLUMNS, rows) + "".join(f"\n{note}\n" for note in notes)
     text += "\nFailed runs:\n\n" + "\n".join(failures) + "\n" if failures else ""
     return text + ("\nRunning elsewhere (another process is training these runs):\n\n" + "\n".join(running) + "\n"
                    if running else "")
 
 
-CSV_FIELDS = (["config", "n", "failed", "unfinished", "running"]
-              + [k for key, _ in METRICS for k in (key, key + "_std")]
-              + ["reference", "ref_n", "delta_test_error", "delta_ci_low", "delta_ci_high", "p_welch",
-                 "paper_test_error", "paper_test_error_std", "paper_metric", "paper_source", "diff",
-                 "test_top5_error", "test_top5_error_std", "paper_test_top5_error", "top5_diff",
-                 "train_error", "train_error_std", "paper_train_error", "train_diff", "relus", "params", "macs",
-                 "seconds", "failures"])
-
-
-def to_csv(rows: list[dict]) -> str:
-    out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=CSV_FIELDS, lineterminator="\n")
-    writer.writeheader()
-    for r in rows:
-        paper, w = r["paper"] or {}, r["welch"]
-        flat = {**r, **{f"paper_{k}": paper.get(k) for k in ("test_error", "test_error_std", "metric", "source")},
-                "paper_test_top5_error": r["paper_top5"], "paper_train_error": r["paper_train"],
-                "ref_n": w.n_b if w else None, "delta_test_error": w.diff if w else None,
-                "delta_ci_low": w.low if w else None, "delta_ci_high": w.high if w else None,
-                "p_welch": w.p if w else None,
-                "failures": "; ".join(f"seed {seed}: {reason}" for seed, _, reason in r["failures"])}
-        writer.writerow({k: ("" if flat[k] is None or isinstance(flat[k], float) and math.isnan(flat[k]) else flat[k])
-                         for k in CSV_FIELDS})
-    return out.getvalue()
+def to_csv(rows: list[Row]) -> str:
+    return csv_table(COLUMNS, rows)
 
 
 def write_summary(root: Path) -> tuple[str, list[Path]]:
