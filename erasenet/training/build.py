@@ -61,7 +61,6 @@ def build_model(cfg: DictConfig, init: Teacher | None = None) -> tuple[nn.Module
     return model, erased
 
 
-
 def load_teacher(cfg: DictConfig, device: torch.device, out_dir: Path | None = None) -> Teacher | None:
     """The frozen teacher of the run ``cfg`` on ``device`` (``distill.teacher``), or None without one.
 
@@ -73,6 +72,7 @@ def load_teacher(cfg: DictConfig, device: torch.device, out_dir: Path | None = N
     with torch.random.fork_rng(devices=[]):  # building the teacher must not move the student's random draws
         model, _ = build_model(source.cfg)
     return frozen_teacher(model, source, device)
+
 
 def image_shape(cfg: DictConfig) -> tuple[int, int, int]:
     """(C, H, W) of one input image of the configured dataset."""
