@@ -11,8 +11,6 @@ Every figure is taken after a warm-up, with synchronized timing, under the torch
 - CIFAR ResNets, training images/s: (a) that PIL pipeline with an fp32 eager model and a plain loop;
   (b32) erasenet's loop with amp off (fp32, TF32 on a GPU); (b) erasenet's default path (``trainer.amp=auto``);
   (f) ``trainer=fast`` (amp, channels_last, torch.compile with CUDA graphs; GPU only, compile time apart);
-  (c) five seeds trained together (erasenet.training.concurrent), per-seed throughput summed;
-- the quickstart's model (ResNet-20 on 8x8 digits, batch 64): five seeds together against five one after another;
 - ImageNet ResNet-50 at batch 256 (GPU only): the bare model's step and erasenet's loop (TensorLoader on the GPU,
   engine.train_one_epoch) in bf16 and in fp32, images/s and peak memory;
 - the aten ops one training step of ResNet-20 and ResNet-110 dispatches, fp32 and bf16 (what makes them
@@ -39,17 +37,16 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
 from erasenet.training.accel import Accel, apply_torch_settings, build_accel, prepare_model, resolve_amp
-from erasenet.training.concurrent import StackedLoader, StackedModels, with_seed
 from erasenet.data import TensorLoader
 from erasenet.data.splits import Split
 from erasenet.training.engine import build_optimizer, build_scheduler, train_one_epoch
+from erasenet.training.state import Learner
 from erasenet.models import create_model
 
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 SCHEDULE = OmegaConf.create({"lr": 0.1, "momentum": 0.9, "nesterov": False, "weight_decay": 1e-4, "milestones": [],
                              "gamma": 0.1, "warmup_iters": 0, "warmup_lr": 0.01, "warmup": "constant",
                              "decay": "step"})
-K = 5
 
 
 @functools.lru_cache(maxsize=None)
@@ -156,32 +153,22 @@ def train_baseline(name: str, split: Split, batch: int, workers: int, device: to
     return timed_epochs(run, device, len(loader) * batch)
 
 
-def train_erasenet(make_model, loader, accel: Accel, device: torch.device, members: int = 1,
-                   trainer: DictConfig | None = None) -> dict:
-    """The engine's loop over a TensorLoader (or K stacked ones), the model prepared as a run prepares it under
-    ``trainer`` (channels_last, compile); summed images/s of all members and the compile time."""
+def train_erasenet(make_model, loader, accel: Accel, device: torch.device, trainer: DictConfig | None = None) -> dict:
+    """The engine's loop over a TensorLoader, the model prepared as a run prepares it under ``trainer``
+    (channels_last, compile); images/s and the compile time."""
     net = make_model()
     opt = build_optimizer(net, SCHEDULE)
     sched = build_scheduler(opt, SCHEDULE, len(loader))
-    shape = (loader_batch(loader), *loader_images(loader).shape[1:])
-    if isinstance(loader, StackedLoader):
-        shape = (members, *shape)
+    shape = (loader.batch_size, *loader.images.shape[1:])
     prepared = prepare_model(net, trainer or trainer_config(), accel, [(shape, True)])
+    learner = Learner(prepared.module, opt, sched, accel)
 
     def run(epoch):
         loader.set_epoch(epoch)
-        train_one_epoch(prepared.module, loader, opt, sched, epoch=epoch, accel=accel)
-    rate = members * timed_epochs(run, device, len(loader) * loader_batch(loader))
+        train_one_epoch(learner, loader, epoch=epoch)
+    rate = timed_epochs(run, device, len(loader) * loader.batch_size)
     return {"images_per_s": rate, "compiled": prepared.compiled, "compile_seconds": prepared.seconds,
             "compile_error": prepared.error}
-
-
-def loader_batch(loader) -> int:
-    return (loader.loaders[0] if isinstance(loader, StackedLoader) else loader).batch_size
-
-
-def loader_images(loader) -> torch.Tensor:
-    return (loader.loaders[0] if isinstance(loader, StackedLoader) else loader).images
 
 
 def bench_cifar(names: list[str], device: torch.device, n: int, batch: int, workers: int) -> list[dict]:
@@ -202,52 +189,14 @@ def bench_cifar(names: list[str], device: torch.device, n: int, batch: int, work
                                   build_accel(fast_trainer, device), device, trainer=fast_trainer)
             row["f_fast"], row["f_compile_seconds"] = fast["images_per_s"], fast["compile_seconds"]
             row["f_compile_error"] = fast["compile_error"]
-        base = tensor_loader(split, batch, device)
-        stacked = StackedLoader([base] + [with_seed(base, s) for s in range(1, K)])
-        row[f"c_{K}_concurrent"] = train_erasenet(lambda: StackedModels([model(name, device, s) for s in range(K)]),
-                                                  stacked, default, device, members=K)["images_per_s"]
         row["b32_over_a"] = row["b32_erasenet_fp32"] / row["a_pil_fp32_eager"]
         row["b_over_a"] = row["b_erasenet"] / row["a_pil_fp32_eager"]
         row["b_over_b32"] = row["b_erasenet"] / row["b32_erasenet_fp32"]
         if gpu:
             row["f_over_a"] = row["f_fast"] / row["a_pil_fp32_eager"]
-        row["c_over_5b"] = row[f"c_{K}_concurrent"] / row["b_erasenet"]
         rows.append(row)
         print_cifar_row(row)
     return rows
-
-
-def bench_quickstart(device: torch.device, repeats: int = 3) -> dict:
-    """The quickstart's model and data: five seeds together against five seeds one after another."""
-    from erasenet.data.digits import load_digits_splits
-
-    train = load_digits_splits(180, 0).train
-    accel = build_accel(trainer_config(), device)
-    mean, std = (0.3059,), (0.3765,)
-
-    def digits(seed, batch=64):
-        return TensorLoader(train, batch, device=device, train=True, crop_padding=1, mean=mean, std=std, seed=seed)
-
-    def rate(make_model, loader, members=1):
-        return train_erasenet(make_model, loader, accel, device, members=members)["images_per_s"]
-
-    def one_after_another():
-        rates = [rate(lambda: model("resnet20", device, s, in_chans=1), digits(s)) for s in range(K)]
-        return K / sum(1 / r for r in rates)  # images/s of the five runs back to back
-
-    def stacked():
-        base = digits(0)
-        return rate(lambda: StackedModels([model("resnet20", device, s, in_chans=1) for s in range(K)]),
-                    StackedLoader([base] + [with_seed(base, s) for s in range(1, K)]), members=K)
-
-    # Alternated and the best of three kept, so that other load on a shared machine hits both sides alike.
-    pairs = [(one_after_another(), stacked()) for _ in range(repeats)]
-    seq, together = max(p[0] for p in pairs), max(p[1] for p in pairs)
-    # The most any fusion of the five could reach here: one model taking all five batches at once.
-    ceiling = rate(lambda: model("resnet20", device, 0, in_chans=1), digits(0, 64 * K))
-    return {"sequential_images_per_s": seq, "concurrent_images_per_s": together, "concurrent_ratio": together / seq,
-            "pairs": pairs,
-            "one_model_batch_320_images_per_s": ceiling, "ceiling_ratio": ceiling / seq}
 
 
 def bench_resnet50(device: torch.device, steps: int, batch: int = 256) -> list[dict]:
@@ -286,7 +235,7 @@ def bench_resnet50(device: torch.device, steps: int, batch: int = 256) -> list[d
 
                 def run(epoch):
                     loader.set_epoch(epoch)
-                    train_one_epoch(net, loader, opt, sched, epoch=epoch, accel=accel)
+                    train_one_epoch(Learner(net, opt, sched, accel), loader, epoch=epoch)
             rate = timed_epochs(run, device, batch * steps)
             rows.append({"loop": loop, "precision": precision, "channels_last": accel.channels_last,
                          "images_per_s": rate, "peak_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30})
@@ -399,8 +348,8 @@ def print_cifar_row(r: dict) -> None:
     def fmt(key: str, spec: str = ".0f") -> str:
         return format(r[key], spec) if key in r else "GPU only"
     print(f"| {r['model']} | {fmt('a_pil_fp32_eager')} | {fmt('b32_erasenet_fp32')} | {fmt('b_erasenet')} | "
-          f"{fmt('f_fast')} | {fmt(f'c_{K}_concurrent')} | {fmt('b32_over_a', '.2f')} | {fmt('b_over_a', '.2f')} | "
-          f"{fmt('f_over_a', '.2f')} | {fmt('c_over_5b', '.2f')} |", flush=True)
+          f"{fmt('f_fast')} | {fmt('b32_over_a', '.2f')} | {fmt('b_over_a', '.2f')} | {fmt('f_over_a', '.2f')} |",
+          flush=True)
 
 
 def main() -> int:
@@ -438,20 +387,14 @@ def main() -> int:
           f"{out['loader']['pil_images_per_s']:.0f} img/s, TensorLoader {out['loader']['tensor_images_per_s']:.0f}"
           f" img/s, ratio {out['loader']['loader_ratio']:.1f}x", flush=True)
     print(f"\ntraining images/s, CIFAR-shaped, batch {batch}; (a) PIL + {args.workers} workers, fp32, eager; "
-          f"(b32) erasenet, amp off; (b) erasenet, trainer defaults; (f) trainer=fast; (c) {K} seeds together\n\n"
-          f"| model | (a) | (b32) | (b) | (f) | (c) | b32/a | b/a | f/a | c/(5 sequential b) |\n"
-          f"|---|---|---|---|---|---|---|---|---|---|", flush=True)
+          f"(b32) erasenet, amp off; (b) erasenet, trainer defaults; (f) trainer=fast\n\n"
+          f"| model | (a) | (b32) | (b) | (f) | b32/a | b/a | f/a |\n"
+          f"|---|---|---|---|---|---|---|---|", flush=True)
     out["cifar"] = bench_cifar(names, device, n, batch, args.workers)
     if gpu:
         for r in out["cifar"]:
             print(f"{r['model']}: trainer=fast compiled in {r['f_compile_seconds']:.0f}s"
                   + (f" (failed, eager: {r['f_compile_error']})" if r["f_compile_error"] else ""))
-    out["quickstart"] = bench_quickstart(device)
-    q = out["quickstart"]
-    print(f"\nquickstart model (ResNet-20, 8x8 digits, batch 64): {K} sequential runs "
-          f"{q['sequential_images_per_s']:.0f} img/s, {K} together {q['concurrent_images_per_s']:.0f} img/s, "
-          f"ratio {q['concurrent_ratio']:.2f}x; one model at batch {64 * K} {q['one_model_batch_320_images_per_s']:.0f}"
-          f" img/s ({q['ceiling_ratio']:.2f}x, the ceiling of any fusion)", flush=True)
     if gpu:
         print("\nImageNet ResNet-50, batch 256, synthetic\n\n| loop | precision | channels_last | images/s | "
               "peak memory (GiB) |\n|---|---|---|---|---|", flush=True)
@@ -466,7 +409,6 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="erasenet-bench-") as tmp:
         out["folder"] = bench_folder(Path(tmp), 24 if args.quick else 100)
     out["loader_ratio"] = out["loader"]["loader_ratio"]
-    out["concurrent_ratio"] = q["concurrent_ratio"]
     out["seconds"] = time.perf_counter() - start
     print(f"\ntotal {out['seconds']:.0f}s")
     if args.json:

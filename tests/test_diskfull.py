@@ -2,7 +2,6 @@
 resume once there is room for what is still to be written (not for what is already on disk)."""
 
 import json
-import logging
 import os
 import shutil
 import subprocess
@@ -19,6 +18,7 @@ from erasenet.training.checkpoint import list_checkpoints, load_checkpoint
 from erasenet.training.distributed import Dist
 from erasenet.training.run import train_run
 from erasenet.training.runfiles import LOG_ROOM, disk_needed
+from erasenet.training.state import Job
 
 QUICK = ("dataset=digits", "schedule=quick", "schedule.epochs=2", "model=mlp", "model.width=32",
          "trainer.tensorboard=false", "trainer.num_threads=1")
@@ -38,9 +38,8 @@ def finish(proc: subprocess.Popen) -> tuple[int, str, str]:
 def test_free_space_needed_counts_only_what_is_still_to_be_written(tmp_path, make_cfg):
     cfg = make_cfg(*QUICK, "trainer.keep_checkpoints=2")
     train_run(cfg, tmp_path / "done")
-    run = build_run([cfg], [tmp_path / "new"], Dist(), torch.device("cpu"), overrides=[[]], groups=[""],
-                    logs=[logging.getLogger("erasenet")])
-    params = sum(t.numel() * t.element_size() for t in run.members[0].model.state_dict().values())
+    run = build_run(Job(cfg, tmp_path / "new"), Dist(), torch.device("cpu"))
+    params = sum(t.numel() * t.element_size() for t in run.model.state_dict().values())
     assert disk_needed(run, tmp_path / "new") == 3 * 2 * params + LOG_ROOM  # 2 kept + 1 being written, estimated
     sizes = [p.stat().st_size for p in list_checkpoints(tmp_path / "done")]
     assert len(sizes) == 2

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from hydra import compose, initialize_config_module
 
-from erasenet.training.build import Member, build_model, build_run
+from erasenet.training.build import build_model, build_run
 from erasenet.training.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from erasenet.common.config import check_config
 from erasenet.training.build import load_teacher
@@ -20,7 +20,8 @@ from erasenet.training.distill import distill_losses, weights_digest
 from erasenet.training.distributed import Dist
 from erasenet.training.engine import train_one_epoch
 from erasenet.common.errors import UserError
-from erasenet.training.run import train_run, train_runs
+from erasenet.training.run import train_run
+from erasenet.training.state import Job
 from test_distributed import DDP_RUN, torchrun
 
 TINY = ("dataset=digits", "schedule=quick", "schedule.epochs=2", "schedule.milestones=[]", "model=mlp",
@@ -76,33 +77,26 @@ def test_loss_is_the_hand_computed_distillation_loss():
     # SNL's and DeepReDuce's code: KLDivLoss(batchmean) of the student's log-probabilities against the teacher's
     theirs = F.kl_div(F.log_softmax(student / t, 1), F.softmax(teacher / t, 1), reduction="batchmean") * t * t
     assert distill_losses(student, teacher, labels, t, 1.0).item() == pytest.approx(theirs.item(), rel=1e-6)
-    # a stack of two members: one loss each, each its own batch's
-    stacked = distill_losses(torch.stack([student, teacher]), torch.stack([teacher, student]),
-                             torch.stack([labels, labels]), t, alpha)
-    assert stacked[0].item() == pytest.approx(by_hand, rel=1e-6)
-    assert stacked[1].item() == pytest.approx(distill_losses(teacher, student, labels, t, alpha).item(), rel=1e-6)
 
 
 def test_the_teacher_is_frozen_and_training_leaves_it_bit_identical(teachers, tmp_path):
     cfg = compose_cfg(*TINY, teach(teachers), "erase.proportion=1")
-    run = build_run([cfg], [tmp_path], Dist(), torch.device("cpu"), overrides=[[]], groups=[""],
-                    logs=[logging.getLogger("erasenet")])
-    member: Member = run.members[0]
-    teacher = member.teacher.model
+    run = build_run(Job(cfg, tmp_path), Dist(), torch.device("cpu"))
+    teacher = run.teacher.model
     before = {k: v.clone() for k, v in teacher.state_dict().items()}  # BN running statistics included
-    student_before = {k: v.clone() for k, v in member.model.state_dict().items()}
+    student_before = {k: v.clone() for k, v in run.model.state_dict().items()}
     assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
-    stepped = {id(p) for group in run.optimizer.param_groups for p in group["params"]}
+    stepped = {id(p) for group in run.learner.optimizer.param_groups for p in group["params"]}
     assert stepped.isdisjoint(id(p) for p in teacher.parameters())
-    assert stepped == {id(p) for p in member.model.parameters()}
+    assert stepped == {id(p) for p in run.model.parameters()}
     run.train_loader.set_epoch(0)
-    train_one_epoch(run.train_model, run.train_loader, run.optimizer, run.scheduler, epoch=0, loss_fn=run.loss_fn)
+    train_one_epoch(run.learner, run.train_loader, epoch=0)
     assert all(torch.equal(v, before[k]) for k, v in teacher.state_dict().items())
     assert all(p.grad is None for p in teacher.parameters()) and not teacher.training
-    assert any(not torch.equal(v, student_before[k]) for k, v in member.model.state_dict().items())
+    assert any(not torch.equal(v, student_before[k]) for k, v in run.model.state_dict().items())
     # what it holds is the teacher run's final checkpoint, for this seed
-    assert member.teacher.path == list_checkpoints(Path(teachers.format(seed=0)))[-1].resolve()
-    assert member.teacher.sha256 == weights_digest(final_weights(Path(teachers.format(seed=0))))
+    assert run.teacher.path == list_checkpoints(Path(teachers.format(seed=0)))[-1].resolve()
+    assert run.teacher.sha256 == weights_digest(final_weights(Path(teachers.format(seed=0))))
 
 
 def test_weight_zero_trains_exactly_like_no_teacher_and_the_teacher_is_recorded(teachers, tmp_path):
@@ -217,34 +211,6 @@ def test_resume_with_a_changed_teacher_is_refused(teachers, tmp_path):
         train_run(cfg, tmp_path / "student")
 
 
-def test_seeds_trained_together_each_learn_from_their_own_teacher(teachers, tmp_path):
-    cfgs = [compose_cfg(*TINY, teach(teachers), "erase.proportion=1", f"seed={s}") for s in (0, 1)]
-    together = train_runs(cfgs, [tmp_path / "together" / f"s{s}" for s in (0, 1)])
-    for s, result in zip((0, 1), together):
-        alone = train_run(cfgs[s], tmp_path / "alone" / f"s{s}")
-        assert result["concurrent"]["seeds"] == [0, 1]
-        assert result["provenance"]["teacher"] == alone["provenance"]["teacher"]
-        assert Path(result["provenance"]["teacher"]["path"]).is_relative_to(Path(teachers.format(seed=s)).resolve())
-        mine, theirs = final_weights(tmp_path / "together" / f"s{s}"), final_weights(tmp_path / "alone" / f"s{s}")
-        for k in theirs:
-            torch.testing.assert_close(mine[k], theirs[k], rtol=1e-4, atol=1e-5)
-
-
-def test_seeds_trained_together_resume_mid_epoch_bit_exact_each_with_its_teacher(teachers, tmp_path):
-    cfgs = [compose_cfg(*TINY, *MID_EPOCH, teach(teachers), f"seed={s}") for s in (0, 1)]
-    reference = train_runs(cfgs, [tmp_path / "ref" / f"s{s}" for s in (0, 1)])
-    shutil.copytree(tmp_path / "ref", tmp_path / "resumed")
-    dirs = [tmp_path / "resumed" / f"s{s}" for s in (0, 1)]
-    for d in dirs:
-        cut_after(d, "epoch0001_step000010.pt")
-    resumed = train_runs(cfgs, dirs)
-    for s, d, ref, again in zip((0, 1), dirs, reference, resumed):
-        a, b = final_weights(tmp_path / "ref" / f"s{s}"), final_weights(d)
-        assert all(torch.equal(a[k], b[k]) for k in a) and again["test_error"] == ref["test_error"]
-        assert history(tmp_path / "ref" / f"s{s}") == history(d) and "resuming from" in (d / "train.log").read_text()
-        assert again["provenance"]["teacher"]["path"].startswith(str(Path(teachers.format(seed=s)).resolve()))
-
-
 def test_two_ddp_processes_distil_like_one_process(tmp_path):
     teacher = tmp_path / "teacher"
     train_run(compose_cfg(*DDP_RUN, "trainer.tensorboard=false"), teacher)
@@ -269,10 +235,6 @@ def test_the_cli_refuses_a_missing_teacher_in_one_paragraph_and_writes_nothing(t
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "the teacher runs/nowhere/seed=3" in proc.stderr and "does not exist" in proc.stderr
     assert not (tmp_path / "runs").exists()
-    # seeds trained together are refused the same way, each rejected run directory removed
-    proc = run_cli("-m", *TINY, teach("runs/nowhere/seed={seed}"), "seed=0,1", "trainer.concurrent=2", cwd=tmp_path)
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr and "does not exist" in proc.stderr
-    assert not list((tmp_path / "multirun").rglob("*seed=*"))
 
 
 def test_a_sweep_directory_gives_the_teacher_of_each_seed(teachers, tmp_path):

@@ -103,7 +103,7 @@ def test_the_bottom_layer_loads_no_config_hydra_or_training_module():
     code = ("import sys, erasenet.models, erasenet.erase, erasenet.erase.rectifiers, erasenet.erase.graph_sites; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('hydra', 'omegaconf') or m in "
             "('erasenet.common.config', 'erasenet.train', 'erasenet.training.run', 'erasenet.training.engine', "
-            "'erasenet.training.concurrent')))")
+            "'erasenet.training.state')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 

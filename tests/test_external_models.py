@@ -346,20 +346,3 @@ def test_safetensors_weights_load_too(tmp_path):
     safetensors.save_file(source.state_dict(), path)
     loaded = create_model("torchvision", num_classes=10, arch="resnet18", weights=str(path))
     assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in source.state_dict().items())
-
-
-def test_erased_external_members_stack_for_concurrent_seeds():
-    from erasenet.training.concurrent import StackedModels
-
-    models = []
-    for seed in (0, 1):
-        torch.manual_seed(seed)
-        model = create_model("torchvision", num_classes=10, in_chans=1, arch="resnet18")
-        apply_erase(model, ErasePolicy("last", 1.0, "prelu"))  # rewritten blocks with new PReLU parameters
-        models.append(model.eval())
-    stack = StackedModels(models).eval()
-    x = torch.randn(2, 3, 1, 8, 8)
-    with torch.no_grad():
-        out = stack(x)
-        for k in range(2):
-            torch.testing.assert_close(out[k], models[k](x[k]))

@@ -223,15 +223,6 @@ def test_resume_in_the_middle_of_each_phase_is_exact(reference, tmp_path, phase_
     assert again["relus"] == json.loads((out / "result.json").read_text())["relus"]
 
 
-def test_gated_seeds_train_one_at_a_time(make_cfg):
-    from erasenet.training.distributed import Dist
-    from erasenet.training.run import plan_groups
-
-    alone = Dist()
-    assert plan_groups(make_cfg("erase=gates", "erase.budget=0.5"), {0: None, 1: None}, alone) == [[0], [1]]
-    assert plan_groups(make_cfg("erase=cull", "erase.thin=true"), {0: None, 1: None}, alone) == [[0, 1]]
-
-
 def test_the_penalty_rises_after_an_epoch_with_no_new_low_and_the_state_round_trips():
     model, _ = gated(TwoConv(), "element")  # 175 gates, one ReLU each
     schedule = GateSchedule(model, {**GATES, "budget": 50, "penalty_warmup": 1, "penalty_factor": 2.0,

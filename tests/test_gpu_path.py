@@ -17,6 +17,7 @@ from erasenet.data import TensorLoader
 from erasenet.data.folder_loader import ImageTransform
 from erasenet.data.digits import load_digits_splits
 from erasenet.training.engine import build_optimizer, build_scheduler, evaluate, train_one_epoch
+from erasenet.training.state import Learner
 from erasenet.common.errors import UserError
 from erasenet.models import create_model
 
@@ -139,8 +140,8 @@ def test_evaluation_runs_in_fp32_unless_asked(digits, make_cfg):
     assert fp32["count"] == bf16["count"] == 100
     probe.seen.clear()
     opt = build_optimizer(model, make_cfg("schedule=quick").schedule)
-    train_one_epoch(model, loader(digits, n=32), opt, build_scheduler(opt, make_cfg().schedule, 1), epoch=0,
-                    accel=accel)
+    train_one_epoch(Learner(model, opt, build_scheduler(opt, make_cfg().schedule, 1), accel), loader(digits, n=32),
+                    epoch=0)
     assert probe.seen == [(True, torch.bfloat16)]  # training itself stays under autocast
 
 
@@ -191,7 +192,7 @@ def test_cuda_graph_training_compiles_one_shape_and_runs_the_rest_eagerly(digits
     for net in (graphed, reference):
         data = loader(digits)
         opt = build_optimizer(net, schedule)
-        train_one_epoch(net, data, opt, build_scheduler(opt, schedule, len(data)), epoch=0)
+        train_one_epoch(Learner(net, opt, build_scheduler(opt, schedule, len(data)), Accel(CPU)), data, epoch=0)
     assert backend.compiled == 1 and backend.calls == 2
     for (name, a), b in zip(model.state_dict().items(), reference.state_dict().values()):
         assert torch.allclose(a.float(), b.float(), atol=1e-5), name

@@ -82,7 +82,8 @@ def test_compile_warm_up_changes_no_result(digits, schedule):
 
 @pytest.mark.parametrize("args,expected", [
     (["trainer.amp=fp8"], "trainer.amp='fp8'"),
-    (["trainer.concurrent=0"], "trainer.concurrent=0"),
+    (["trainer.concurrent=2"], "trainer.concurrent was removed"),  # a key of earlier versions: what to use instead
+    (["+trainer.concurrent=2"], "hydra/launcher=parallel"),
     (["trainer.amp=fp16", "trainer.device=cpu", "dataset=digits"], "needs a CUDA GPU"),
 ])
 def test_bad_speed_knobs_are_one_clear_paragraph(tmp_path, args, expected):

@@ -1,6 +1,5 @@
 """End to end: a real (tiny) training run, the multirun summary, and the bad-input errors."""
 
-import copy
 import json
 import math
 import statistics
@@ -156,7 +155,6 @@ def _sgd_step_without_gradient(optimizer):
 
 
 def test_prelu_slopes_escape_weight_decay_only_when_asked(make_cfg):
-    from erasenet.training.concurrent import StackedModels, member_optimizer_state, stacked_optimizer_state
     from erasenet.training.engine import build_optimizer
     from erasenet.erase import ErasePolicy, apply_erase
     from erasenet.models import create_model
@@ -185,18 +183,6 @@ def test_prelu_slopes_escape_weight_decay_only_when_asked(make_cfg):
     assert all(torch.equal(parameters[n], before[n]) for n in slopes)
     assert not torch.equal(parameters["head.fc.weight"], before["head.fc.weight"])
 
-    # trainer.concurrent: the stacked slopes, one group per member's own optimizer's group
-    members = [model, copy.deepcopy(model)]
-    stack = StackedModels(members)
-    stacked = build_optimizer(model, undecayed, stack.named_member_parameters())
-    assert [len(g["params"]) for g in stacked.param_groups] == [len(names), 18]
-    assert all(p.shape == (2, *parameters[n].shape) for p, n in zip(stacked.param_groups[1]["params"], slopes))
-    _sgd_step_without_gradient(stacked)
-    before = stacked.state_dict()["state"]
-    stacked.load_state_dict(stacked_optimizer_state([member_optimizer_state(stacked, k) for k in (0, 1)]))
-    after = stacked.state_dict()["state"]
-    assert before.keys() == after.keys() and all(torch.equal(before[i]["momentum_buffer"], after[i]["momentum_buffer"])
-                                                 for i in before)
 
 
 def test_a_run_with_slopes_per_channel_and_no_slope_decay_finishes_and_resumes_exactly(tmp_path):

@@ -1,11 +1,13 @@
-"""Tiny training pieces the speed and concurrency tests share: digits loaders, small ResNets, one epoch."""
+"""Tiny training pieces the speed and training tests share: digits loaders, small ResNets, one epoch."""
 
 import pytest
 import torch
 
 from erasenet.data import TensorLoader
 from erasenet.data.digits import load_digits_splits
+from erasenet.training.accel import Accel
 from erasenet.training.engine import build_optimizer, build_scheduler, train_one_epoch
+from erasenet.training.state import Learner
 from erasenet.models import create_model
 
 CPU = torch.device("cpu")
@@ -36,7 +38,8 @@ def train(model, loader, schedule, accel=None, epochs=1):
     sched = build_scheduler(opt, schedule, len(loader))
     for epoch in range(epochs):
         loader.set_epoch(epoch)
-        out = train_one_epoch(model, loader, opt, sched, epoch=epoch, accel=accel)
+        learner = Learner(model, opt, sched, accel or Accel(next(model.parameters()).device))
+        out = train_one_epoch(learner, loader, epoch=epoch)
     return out, opt
 
 

@@ -17,6 +17,7 @@ from omegaconf import DictConfig, ListConfig
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
 from omegaconf.nodes import BooleanNode, FloatNode, IntegerNode, StringNode
 
+from ..common.config import REMOVED_KEYS
 from ..common.errors import UserError
 from ..presets import unknown_preset_message
 
@@ -69,6 +70,8 @@ def _unknown_option(err: MissingConfigException) -> str:
 
 def _bad_key(cause: ConfigAttributeError | ConfigKeyError) -> str:
     full_key = cause.full_key or str(cause.key)
+    if full_key in REMOVED_KEYS:
+        return REMOVED_KEYS[full_key]
     parent = cause.parent_node
     keys = [str(k) for k in parent.keys()] if isinstance(parent, DictConfig) else []
     section, _, _ = full_key.rpartition(".")

@@ -141,7 +141,6 @@ class TrainerConfig:
     compile: bool = MISSING  # torch.compile the model (compiled up front, eager fallback on failure)
     compile_backend: str = MISSING
     compile_mode: str = MISSING  # default | reduce-overhead | max-autotune | max-autotune-no-cudagraphs
-    concurrent: int = MISSING  # in a multirun, train up to this many seeds of one configuration together
 
 
 @dataclass
@@ -217,6 +216,17 @@ def register_configs() -> None:
         OmegaConf.register_new_resolver("erasenet.dirname", run_dirname)
 
 
+# Keys that erasenet had and removed: what to do instead. A run recorded with one still resumes and is still
+# recognised as finished (only the experiment's keys are compared), but a command line may not set one.
+REMOVED_KEYS = {
+    "trainer.concurrent": "trainer.concurrent was removed: erasenet no longer trains the seeds of one configuration "
+                          "stacked in one process, and a sweep's seeds now train one after another, as every other "
+                          "job does. Drop it from the command. To train the runs of a sweep in parallel on this "
+                          "machine, add hydra/launcher=parallel hydra.launcher.n_jobs=N (one process per run); on a "
+                          "cluster, hydra/launcher=slurm (one job per run).",
+}
+
+
 def _fail(problem: str, fix: str) -> None:
     raise UserError(f"{problem} {fix}")
 
@@ -224,6 +234,10 @@ def _fail(problem: str, fix: str) -> None:
 def check_config(cfg: DictConfig) -> None:
     """Every invariant the types alone cannot express; raises ``UserError`` on the first broken one."""
     e, s, d, t = cfg.erase, cfg.schedule, cfg.dataset, cfg.trainer
+    for key, message in REMOVED_KEYS.items():  # added with +key=value, which the schema lets through
+        section, _, name = key.partition(".")
+        if name in cfg.get(section, {}):
+            raise UserError(message)
     for key, seed, what in (("seed", cfg.seed, "initialisation, data order and augmentation"),
                             ("dataset.split_seed", d.split_seed, "which training images are held out or kept")):
         if not 0 <= seed < SEED_LIMIT:
@@ -274,9 +288,6 @@ def check_config(cfg: DictConfig) -> None:
         _fail(f"trainer.amp={t.amp!r} is unknown.", f"Use one of {', '.join(AMP)}.")
     if t.compile_mode not in COMPILE_MODES:
         _fail(f"trainer.compile_mode={t.compile_mode!r} is unknown.", f"Use one of {', '.join(COMPILE_MODES)}.")
-    if t.concurrent < 1:
-        _fail(f"trainer.concurrent={t.concurrent} is below 1.",
-              "It is how many seeds of one configuration a multirun trains together: use 1 (one at a time) or more.")
     if d.val_size < 0:
         _fail(f"dataset.val_size={d.val_size} is negative.", "Use 0 (no validation split) or a positive count.")
     if len(d.mean) != len(d.std) or (d.mean and len(d.mean) != d.in_chans) or any(x <= 0 for x in d.std):

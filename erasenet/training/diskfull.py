@@ -7,13 +7,14 @@ from the newest checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import logging
 import os
 import shutil
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 from ..common.atomic import atomic_write
 from .checkpoint import list_checkpoints
@@ -59,31 +60,37 @@ def free_bytes(path: Path) -> int | None:
         return None
 
 
-def disk_full(run_dirs: Sequence[Path], err: BaseException, overrides: Sequence[Sequence[str]] = ()) -> DiskFull:
-    """The error to stop with when ``err`` (a full disk) hit the runs in ``run_dirs``; each run directory also gets
-    a ``failure.json`` saying so (where even that small file still fits)."""
+@contextlib.contextmanager
+def stopping_on_full_disk(run_dir: Path, overrides: Sequence[str] = ()) -> Iterator[None]:
+    """Turn a full disk met inside the block into :class:`DiskFull` (and the run's ``failure.json``)."""
+    try:
+        yield
+    except Exception as err:
+        if not is_disk_full(err):
+            raise
+        raise disk_full(run_dir, err, overrides) from None
+
+
+def disk_full(run_dir: Path, err: BaseException, overrides: Sequence[str] = ()) -> DiskFull:
+    """The error to stop with when ``err`` (a full disk) hit the run in ``run_dir``; the run directory also gets a
+    ``failure.json`` saying so (where even that small file still fits)."""
     logging.raiseExceptions = False  # log files on the full disk fail too: no traceback for each line
-    first = Path(run_dirs[0])
-    mount, device = mount_of(first)
-    free = free_bytes(first)
-    last = [(d, list_checkpoints(d)) for d in map(Path, run_dirs)]
-    kept = "; ".join(f"{found[-1]}" for _, found in last if found)
-    kept = (f"the last good checkpoint is {kept}" if len(run_dirs) == 1 and kept
-            else f"the last good checkpoints are {kept}" if kept else "no checkpoint had been written yet")
-    message = (f"disk full: the disk holding {first if len(run_dirs) == 1 else f'the run directories {first}, ...'} "
-               f"(the {device} mounted at {mount}) has "
+    run_dir = Path(run_dir)
+    mount, device = mount_of(run_dir)
+    free = free_bytes(run_dir)
+    found = list_checkpoints(run_dir)
+    kept = f"the last good checkpoint is {found[-1]}" if found else "no checkpoint had been written yet"
+    message = (f"disk full: the disk holding {run_dir} (the {device} mounted at {mount}) has "
                f"{'an unknown amount of' if free is None else f'{free / 2**20:.1f} MiB'} free space left, and a "
                f"write failed ({_reason(err)}). What the run wrote before is intact: "
                f"{kept}. Free some space on {mount} (or lower trainer.keep_checkpoints, or move the run "
                "directory to a larger disk), then run the same command again: it resumes from the last good "
                "checkpoint.")
-    for k, run_dir in enumerate(run_dirs):
-        record = {"status": "failed", "failure": message,
-                  "overrides": list(overrides[k]) if k < len(overrides) else []}
-        try:
-            atomic_write(Path(run_dir) / FAILURE_FILE, lambda f: f.write(json.dumps(record, indent=1).encode()))
-        except OSError:
-            log.warning("could not write %s either (the disk is full)", Path(run_dir) / FAILURE_FILE)
+    record = {"status": "failed", "failure": message, "overrides": list(overrides)}
+    try:
+        atomic_write(run_dir / FAILURE_FILE, lambda f: f.write(json.dumps(record, indent=1).encode()))
+    except OSError:
+        log.warning("could not write %s either (the disk is full)", run_dir / FAILURE_FILE)
     return DiskFull(message)
 
 

@@ -9,8 +9,8 @@ differ (the original network teaching an erased one). A weights file without a r
 the student's network, unerased.
 
 The teacher is frozen: evaluation mode (batch-norm running statistics, no dropout), ``requires_grad`` off, called
-under ``torch.no_grad``, and never given to the optimizer. Each member of a stack of seeds, and each DDP process,
-holds its own copy on the training device.
+under ``torch.no_grad``, and never given to the optimizer. Each DDP process holds its own copy on the training
+device.
 
 The loss of a batch is ``alpha * T^2 * KL(p_teacher || p_student) + (1 - alpha) * cross-entropy``, the
 probabilities taken at temperature T and the KL averaged over the batch (``F.kl_div(..., reduction="batchmean")``,
@@ -24,7 +24,6 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import torch
 import torch.nn as nn
@@ -32,26 +31,15 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
 from .checkpoint import list_checkpoints, load_checkpoint
-from .engine import LossFn, member_losses
+from .engine import mean_loss
 from ..common.errors import UserError
 from ..common.records import method_of
+from .resume import with_defaults
+from .state import LossFn, Teacher
 
 # Dataset keys that fix which images a network trained, validated and was tested on, and how they were
 # normalised: a teacher trained on another split has seen the student's validation or test images.
 SPLIT_KEYS = ("name", "num_classes", "in_chans", "image_size", "val_size", "split_seed", "subset", "mean", "std")
-
-
-@dataclass
-class Teacher:
-    """A frozen trained network and where it came from."""
-
-    model: nn.Module
-    path: Path  # the file its weights were read from
-    sha256: str  # of its weights (see ``weights_digest``)
-
-    def record(self) -> dict:
-        """What result.json (``provenance.teacher``) and checkpoints keep of it."""
-        return {"path": str(self.path), "sha256": self.sha256}
 
 
 def teacher_path(cfg: DictConfig) -> Path | None:
@@ -206,8 +194,6 @@ def _weights_file(path: Path) -> tuple[dict, dict | None]:
 def _teacher_config(cfg: DictConfig, recorded: dict | None, path: Path) -> DictConfig:
     """The config to build the teacher from: its recorded one, checked against the student's network and data
     split; without one, the student's network unerased."""
-    from .resume import with_defaults
-
     student = OmegaConf.to_container(cfg, resolve=True)
     if recorded is None:
         erase = dict(student["erase"], proportion=0.0)
@@ -239,24 +225,20 @@ def load_init(model: nn.Module, teacher: Teacher) -> None:
 
 def distill_losses(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor, temperature: float,
                    weight: float) -> torch.Tensor:
-    """Mean distillation loss over the last batch dimension: a scalar, or one per member of a stack."""
+    """Mean distillation loss of a batch."""
     t = temperature
     log_p_student = F.log_softmax(student.float() / t, dim=-1)
     log_p_teacher = F.log_softmax(teacher.float() / t, dim=-1)
     kl = (log_p_teacher.exp() * (log_p_teacher - log_p_student)).sum(-1).mean(-1)
-    return weight * t * t * kl + (1.0 - weight) * member_losses(student, labels)
+    return weight * t * t * kl + (1.0 - weight) * mean_loss(student, labels)
 
 
-def distill_loss_fn(teachers: Sequence[Teacher], distill: DictConfig) -> LossFn:
-    """The training loss of a run (one teacher) or a stack of runs (one teacher per member, inputs K x B)."""
-    models = [t.model for t in teachers]
+def distill_loss_fn(teacher: Teacher, distill: DictConfig) -> LossFn:
+    """The training loss of a run distilled from ``teacher``."""
 
     def loss(inputs: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            if len(models) == 1:
-                target = models[0](inputs)
-            else:
-                target = torch.stack([m(x) for m, x in zip(models, inputs)])
+            target = teacher.model(inputs)
         return distill_losses(logits, target, labels, distill.temperature, distill.weight)
 
     return loss

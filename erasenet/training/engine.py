@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
 from typing import Callable, Iterable
 
 import torch
@@ -13,9 +12,11 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from tqdm import tqdm
 
+from . import distributed
 from .accel import Accel
 from ..common.errors import UserError
 from ..erase.gates import mask_names
+from .state import EpochState, Learner
 
 
 class NonFiniteLoss(RuntimeError):
@@ -27,15 +28,13 @@ def prelu_slope_names(model: nn.Module) -> set[str]:
     return {f"{name}.weight" if name else "weight" for name, m in model.named_modules() if isinstance(m, nn.PReLU)}
 
 
-def build_optimizer(model: nn.Module, schedule: DictConfig,
-                    parameters: Iterable[tuple[str, nn.Parameter]] | None = None) -> torch.optim.SGD:
+def build_optimizer(model: nn.Module, schedule: DictConfig) -> torch.optim.SGD:
     """SGD with momentum (Nesterov optional) and weight decay on every parameter, as the papers train.
 
     With ``schedule.prelu_weight_decay=false`` the PReLU slopes form a second group without weight decay, as He
-    et al. 2015 train them; SNL gates (``erasenet.erase.gates``) are always in it. ``parameters``: what the optimizer
-    steps, named as ``model`` names its own (a stack's stacked tensors); by default ``model.named_parameters()``.
+    et al. 2015 train them; SNL gates (``erasenet.erase.gates``) are always in it.
     """
-    named = list(model.named_parameters() if parameters is None else parameters)
+    named = list(model.named_parameters())
     slopes = set() if schedule.get("prelu_weight_decay", True) else prelu_slope_names(model)
     slopes |= mask_names(model)  # SNL gates: their L1 penalty is their regulariser
     groups = [{"params": [p for n, p in named if n not in slopes]}]
@@ -71,79 +70,30 @@ def build_scheduler(optimizer: torch.optim.Optimizer, schedule: DictConfig,
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(schedule, steps_per_epoch))
 
 
-@dataclass
-class EpochState:
-    """Where a training epoch stands: steps taken and the running sums (on the device), so it can resume.
-
-    The sums are scalars, or one per member when a stack of K models trains (``erasenet.training.concurrent``).
-    """
-
-    step: int
-    loss_sum: torch.Tensor
-    wrong: torch.Tensor
-    count: int  # samples seen (per member)
-    seconds: float = 0.0  # training time of the epoch so far, over all sessions
-
-    @classmethod
-    def fresh(cls, device: torch.device) -> "EpochState":
-        return cls(0, torch.zeros((), device=device), torch.zeros((), device=device, dtype=torch.long), 0)
-
-    def sums(self) -> torch.Tensor:
-        """Loss sum, wrong, count as one float64 tensor (what ranks sum up)."""
-        count = torch.full_like(self.loss_sum, float(self.count), dtype=torch.float64)
-        return torch.stack([self.loss_sum.double(), self.wrong.double(), count])
-
-    def to(self, device: torch.device) -> "EpochState":
-        return EpochState(self.step, self.loss_sum.to(device), self.wrong.to(device), self.count, self.seconds)
-
-    def member(self, k: int) -> "EpochState":
-        """Member ``k``'s part of a stack's epoch (the epoch itself when the sums are scalars)."""
-        if self.loss_sum.dim() == 0:
-            return self
-        return EpochState(self.step, self.loss_sum[k], self.wrong[k], self.count, self.seconds)
-
-    @classmethod
-    def stacked(cls, members: list["EpochState"]) -> "EpochState":
-        """The epoch of a stack from its members' (all at one step); a single member's stays scalar."""
-        if len(members) == 1:
-            return members[0]
-        first = members[0]
-        return cls(first.step, torch.stack([m.loss_sum for m in members]), torch.stack([m.wrong for m in members]),
-                   first.count, first.seconds)
-
-
 Reduce = Callable[[torch.Tensor], torch.Tensor]
-# (inputs, logits, labels) -> the loss of each member (a scalar for one model): a training loss other than the
-# cross-entropy, e.g. distillation's (erasenet.training.distill)
-LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+FINITE_CHECK_EVERY = 50  # steps between checks that the loss is finite (a read back from the device)
 
 
-def member_losses(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy over the last batch dimension: a scalar, or one per member of a stack of models."""
-    return F.cross_entropy(logits.flatten(0, -2), y.flatten(), reduction="none").view(y.shape).mean(-1)
+def mean_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of a batch."""
+    return F.cross_entropy(logits, y, reduction="none").mean()
 
 
-def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer,
-                    scheduler: torch.optim.lr_scheduler.LRScheduler, *, epoch: int, progress: bool = False,
-                    finite_check_every: int = 50, state: EpochState | None = None,
+def train_one_epoch(learner: Learner, loader: Iterable, *, epoch: int, state: EpochState | None = None,
                     after_step: Callable[[EpochState], bool] | None = None,
-                    reduce: Reduce | None = None, accel: Accel | None = None,
-                    loss_fn: LossFn | None = None,
-                    penalty: Callable[[], torch.Tensor] | None = None) -> dict | None:
+                    penalty: Callable[[], torch.Tensor] | None = None, progress: bool = False) -> dict | None:
     """One pass over ``loader``; loss and error (%) summed on the device and read once at the end.
 
     ``state`` continues a partly trained epoch (the loader must start at ``state.step``). ``after_step(state)``
-    runs after every step; when it returns True the epoch stops there and None is returned. ``reduce`` sums
-    tensors across ranks, so every rank sees the same totals and stops on a non-finite loss at the same step.
-    A stack of K models takes K x B batches and gives one loss and error per member; their summed loss gives
-    each member exactly its own gradient. ``loss_fn(inputs, logits, labels)`` gives the losses instead of the
-    cross-entropy (distillation: ``erasenet.training.distill``). ``penalty()``, when given, is a term computed from
-    the model's own parameters (SNL's gate penalty) added to the loss each step; the loss recorded is the task's
-    alone.
+    runs after every step; when it returns True the epoch stops there and None is returned. Under DDP the sums
+    are totalled over the ranks, so every rank sees the same totals and stops on a non-finite loss at the same
+    step. ``penalty()``, when given, is a term computed from the model's own parameters (SNL's gate penalty) added
+    to the loss each step; the loss recorded is the task's alone.
     """
+    model, optimizer, scheduler, accel = learner.module, learner.optimizer, learner.scheduler, learner.accel
+    reduce = distributed.all_reduce_sum if torch.distributed.is_initialized() else None
     model.train()
     device = next(model.parameters()).device
-    accel = accel or Accel(device)
     state = state or EpochState.fresh(device)
     start = time.perf_counter() - state.seconds
     bar = tqdm(total=len(loader), initial=state.step, desc=f"epoch {epoch + 1}", leave=False,
@@ -152,22 +102,22 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
         with accel.autocast():
             inputs = accel.inputs(x)
             logits = model(inputs)
-            losses = member_losses(logits, y) if loss_fn is None else loss_fn(inputs, logits, y)
+            loss = mean_loss(logits, y) if learner.loss_fn is None else learner.loss_fn(inputs, logits, y)
         optimizer.zero_grad(set_to_none=True)
-        accel.backward_and_step(losses.sum() + penalty() if penalty is not None else losses.sum(), optimizer)
+        accel.backward_and_step(loss + penalty() if penalty is not None else loss, optimizer)
         scheduler.step()
-        state.loss_sum = state.loss_sum + losses.detach().float() * y.shape[-1]
-        state.wrong = state.wrong + (logits.detach().argmax(-1) != y).sum(-1)
-        state.count += y.shape[-1]
+        state.loss_sum = state.loss_sum + loss.detach().float() * y.shape[0]
+        state.wrong = state.wrong + (logits.detach().argmax(-1) != y).sum()
+        state.count += y.shape[0]
         state.step += 1
         state.seconds = time.perf_counter() - start
         bar.update()
-        if state.step % finite_check_every == 0:
+        if state.step % FINITE_CHECK_EVERY == 0:
             loss_sum = reduce(state.loss_sum.clone()) if reduce else state.loss_sum
             if not torch.isfinite(loss_sum).all():
                 bar.close()
                 raise NonFiniteLoss(f"the training loss became non-finite in epoch {epoch + 1}, "
-                                    f"between steps {state.step + 1 - finite_check_every} and {state.step}")
+                                    f"between steps {state.step + 1 - FINITE_CHECK_EVERY} and {state.step}")
         if after_step is not None and after_step(state):
             bar.close()
             return None
@@ -179,7 +129,7 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
         loss_sum, wrong, count = state.loss_sum.double(), state.wrong.double(), state.count
     if not torch.isfinite(loss_sum).all():
         raise NonFiniteLoss(f"the training loss became non-finite in epoch {epoch + 1} "
-                            f"(between its steps {state.step // finite_check_every * finite_check_every + 1} and "
+                            f"(between its steps {state.step // FINITE_CHECK_EVERY * FINITE_CHECK_EVERY + 1} and "
                             f"{state.step})")
     # the whole epoch, earlier sessions included: an epoch resumed at its last step still shows its real pace
     seconds = state.seconds = time.perf_counter() - start

@@ -1,4 +1,4 @@
-"""Where a run stands, what its checkpoint holds, and restoring a group of runs from their checkpoints."""
+"""What a run's checkpoint holds, whether a stored run is this one, and restoring a run from its checkpoint."""
 
 from __future__ import annotations
 
@@ -6,9 +6,8 @@ import inspect
 import json
 import logging
 import random
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -16,14 +15,9 @@ import torch
 from . import distributed
 from .checkpoint import load_checkpoint, load_latest
 from ..common.config import with_schema_defaults
-from .concurrent import member_optimizer_state, stacked_optimizer_state
-from .engine import EpochState
 from ..common.errors import UserError
 from ..models import builder_options
-
-if TYPE_CHECKING:
-    from .build import Run
-    from .distill import Teacher
+from .state import Checkpoint, EpochState, Run, Teacher, TrainState
 
 log = logging.getLogger("erasenet")
 
@@ -31,33 +25,6 @@ log = logging.getLogger("erasenet")
 # any of them belongs to another run. Everything else (trainer, paths, name) only says how it is run.
 EXPERIMENT_KEYS = ("model", "erase", "distill", "dataset", "schedule", "seed")
 NOT_EXPERIMENT = ("dataset.root", "dataset.download")
-
-
-@dataclass
-class TrainState:
-    """How far a run has come; with the model and optimizer, what a checkpoint holds."""
-
-    epoch: int = 0  # full epochs done
-    partial: EpochState | None = None  # the steps done of the next epoch, when a run stopped inside it
-    best: dict = field(default_factory=lambda: {"val_error": None, "epoch": None, "test_error": None})
-    history: list[dict] = field(default_factory=list)  # metrics.jsonl, one entry per finished epoch
-    seconds: float = 0.0  # training time of earlier sessions of this run
-
-    def finish_epoch(self, metrics: dict) -> None:
-        """Count a finished epoch: its metrics join the history, and the best epoch on val is kept."""
-        self.epoch, self.partial = metrics["epoch"], None
-        self.history.append(metrics)
-        best = self.best["val_error"]
-        # a gated run's final network exists from its fine-tuning on: only those epochs can be selected
-        final = metrics.get("gate_phase", "finetune") == "finetune"
-        if "val_error" in metrics and final and (best is None or metrics["val_error"] < best):
-            self.best = {"val_error": metrics["val_error"], "epoch": metrics["epoch"],
-                         "test_error": metrics["test_error"]}
-
-    @property
-    def resume_point(self) -> tuple[int, int]:
-        """(full epochs, steps of the next epoch): runs at one point can train on together."""
-        return self.epoch, self.partial.step if self.partial else 0
 
 
 def experiment_config(config: dict) -> dict:
@@ -135,8 +102,6 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state(state["cuda"].cpu())
 
 
-Checkpoint = tuple[dict, Path]
-
 
 def latest_checkpoint(out_dir: Path, config: dict, resume: str, is_main: bool) -> Checkpoint | None:
     """The newest valid checkpoint of ``out_dir`` to continue from (none with ``trainer.resume=never``), found by
@@ -167,34 +132,24 @@ def train_state(ckpt: dict, is_main: bool) -> TrainState:
     return TrainState(ckpt["epoch"], partial, ckpt["best"], ckpt["history"], ckpt["seconds"])
 
 
-def restore(run: Run, checkpoints: Sequence[Checkpoint | None]) -> None:
-    """Continue each member from its checkpoint (all at one resume point, or all fresh)."""
-    if all(c is None for c in checkpoints):
+def restore(run: Run, checkpoint: Checkpoint | None) -> None:
+    """Continue ``run`` from ``checkpoint`` (a fresh run stays as built)."""
+    if checkpoint is None:
         return
-    ckpts = [c[0] for c in checkpoints]
-    for member, (ckpt, path) in zip(run.members, checkpoints):
-        check_same_teacher(member.teacher, ckpt.get("teacher"), path)
-        member.model.load_state_dict(ckpt["model"])
-        if member.gates is not None:
-            member.gates.load_state_dict(ckpt["gates"])
-        member.state = train_state(ckpt, run.dist.is_main)
-        if member.state.partial is not None:
-            member.state.partial = member.state.partial.to(run.device)
-        member.log.info("resuming from %s (epoch %d, step %d)", path, ckpt["epoch"], ckpt["step"])
-    first = ckpts[0]
-    if run.stack is None:
-        run.optimizer.load_state_dict(first["optimizer"])
-        set_rng_state(first["rng"])
-    else:
-        for k, member in enumerate(run.members):
-            run.stack.copy_from(k, member.model)
-            run.stack.generators[k] = {"torch": ckpts[k]["rng"]["torch"],
-                                       "cuda": ckpts[k]["rng"]["cuda"] if run.device.type == "cuda" else None}
-        run.optimizer.load_state_dict(stacked_optimizer_state([c["optimizer"] for c in ckpts]))
-        set_rng_state(first["rng"])
-    run.scheduler.load_state_dict(first["scheduler"])
-    if first.get("scaler"):
-        run.accel.scaler.load_state_dict(first["scaler"])
+    ckpt, path = checkpoint
+    check_same_teacher(run.teacher, ckpt.get("teacher"), path)
+    run.model.load_state_dict(ckpt["model"])
+    if run.gates is not None:
+        run.gates.load_state_dict(ckpt["gates"])
+    run.state = train_state(ckpt, run.dist.is_main)
+    if run.state.partial is not None:
+        run.state.partial = run.state.partial.to(run.device)
+    log.info("resuming from %s (epoch %d, step %d)", path, ckpt["epoch"], ckpt["step"])
+    run.learner.optimizer.load_state_dict(ckpt["optimizer"])
+    set_rng_state(ckpt["rng"])
+    run.learner.scheduler.load_state_dict(ckpt["scheduler"])
+    if ckpt.get("scaler"):
+        run.learner.accel.scaler.load_state_dict(ckpt["scaler"])
 
 
 def check_same_teacher(teacher: Teacher | None, recorded: dict | None, path: Path) -> None:
@@ -206,24 +161,18 @@ def check_same_teacher(teacher: Teacher | None, recorded: dict | None, path: Pat
                         "afresh with trainer.resume=never.")
 
 
-def checkpoint_state(run: Run, k: int, seconds: float) -> dict:
-    """What member ``k``'s checkpoint holds; its ``state.partial`` must already hold the totals over all ranks."""
-    member = run.members[k]
-    partial, rng = member.state.partial, rng_state()
-    if run.stack is None:
-        optimizer = run.optimizer.state_dict()
-    else:  # its own slice of the stacked optimizer, and the generators it alone draws from
-        run.stack.copy_into(k, member.model)
-        optimizer = member_optimizer_state(run.optimizer, k)
-        rng.update(run.stack.generators[k])
+def checkpoint_state(run: Run, seconds: float) -> dict:
+    """What the run's checkpoint holds; its ``state.partial`` must already hold the totals over all ranks."""
+    partial, learner = run.state.partial, run.learner
     return {
-        "model": member.model.state_dict(), "optimizer": optimizer, "scheduler": run.scheduler.state_dict(),
-        "epoch": member.state.epoch, "step": partial.step if partial else 0,
+        "model": run.model.state_dict(), "optimizer": learner.optimizer.state_dict(),
+        "scheduler": learner.scheduler.state_dict(),
+        "epoch": run.state.epoch, "step": partial.step if partial else 0,
         "partial": {"loss_sum": partial.loss_sum.detach().cpu(), "wrong": partial.wrong.cpu(),
                     "count": partial.count, "seconds": partial.seconds} if partial else None,
-        "best": member.state.best, "history": member.state.history, "seconds": seconds, "rng": rng,
-        "config": member.config, "erase": member.erased.as_dict(), "world_size": run.dist.world_size,
-        "scaler": run.accel.scaler.state_dict(),
-        "teacher": member.teacher.record() if member.teacher is not None else None,
-        "gates": member.gates.state_dict() if member.gates is not None else None,
+        "best": run.state.best, "history": run.state.history, "seconds": seconds, "rng": rng_state(),
+        "config": run.job.config, "erase": run.erased.as_dict(), "world_size": run.dist.world_size,
+        "scaler": learner.accel.scaler.state_dict(),
+        "teacher": run.teacher.record() if run.teacher is not None else None,
+        "gates": run.gates.state_dict() if run.gates is not None else None,
     }

@@ -8,12 +8,13 @@ import logging
 import platform
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO, Iterator
+from typing import BinaryIO, Iterator
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 from .. import __version__
+from . import distributed
 from .accel import accel_record
 from ..common import faults
 from ..common.atomic import atomic_write, save_json
@@ -22,11 +23,10 @@ from ..data import describe_splits
 from ..erase import EraseRecord
 from ..common.errors import UserError
 from ..common.provenance import cpu_model, provenance
-from .resume import TrainState
+from ..common.runlock import RunLock, RunLocked
+from .distributed import Dist
 from ..reports.tblog import scalar_tag, write_hparams
-
-if TYPE_CHECKING:
-    from .build import Member, Run
+from .state import Run, TrainState
 
 log = logging.getLogger("erasenet")
 LOG_ROOM = 64 * 2**20  # metrics, TensorBoard and train.log of a run, with room to spare
@@ -95,6 +95,12 @@ class RunFiles:
             if f is not None:
                 f.close()
 
+    def __enter__(self) -> "RunFiles":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
 
 def append(f: BinaryIO, line: bytes) -> None:
     """Append ``line`` whole, or, if it does not fit (a full disk), take back the part that was written."""
@@ -116,34 +122,52 @@ def library_versions() -> dict:
             "python": platform.python_version()}
 
 
-def make_result(run: Run, member: Member, status: str, failure: str | None, seconds: float) -> dict:
-    """A member's ``result.json`` record."""
-    cfg, state = member.cfg, member.state
+def make_result(run: Run, status: str, failure: str | None, seconds: float) -> dict:
+    """The run's ``result.json`` record."""
+    cfg, state, job, counts = run.cfg, run.state, run.job, run.counts
     last, best = (state.history[-1] if state.history else {}), state.best
     result = {
         "status": status, "failure": failure, "seed": cfg.seed, "model": cfg.model.name, "dataset": cfg.dataset.name,
-        "group": member.group, "overrides": list(member.overrides), "epochs": last.get("epoch", 0),
+        "group": job.group, "overrides": list(job.overrides), "epochs": last.get("epoch", 0),
         "test_error": last.get("test_error"), "test_loss": last.get("test_loss"),
         "test_top5_error": last.get("test_top5_error"),
         "val_error": last.get("val_error"), "train_error": last.get("train_error"),
         "best_val_error": best["val_error"], "best_epoch": best["epoch"],
         "test_error_at_best_val": best["test_error"],
-        "selection": "best epoch on val, test reported" if run.sizes["val"] else "none (dataset.val_size=0)",
-        "splits": run.sizes, "split_sources": describe_splits(cfg.dataset), "params": run.params, "macs": run.macs,
-        "relus": member.gates.relus() if member.gates is not None else run.relus,
-        "relus_original": run.relus_original,
-        "erased": member.erased.sites, "erase": member.erased.as_dict(), "device": str(run.device),
+        "selection": "best epoch on val, test reported" if counts.sizes["val"] else "none (dataset.val_size=0)",
+        "splits": counts.sizes, "split_sources": describe_splits(cfg.dataset), "params": counts.params,
+        "macs": counts.macs, "relus": run.gates.relus() if run.gates is not None else counts.relus,
+        "relus_original": counts.relus_original,
+        "erased": run.erased.sites, "erase": run.erased.as_dict(), "device": str(run.device),
         "cpu": cpu_model(), "num_threads": torch.get_num_threads(), "processes": run.dist.world_size,
         "seconds": seconds, "versions": library_versions(),
-        "provenance": provenance(list(member.overrides)),
-        "config": member.config, "accel": accel_record(run.accel, run.compiled),
+        "provenance": provenance(list(job.overrides)),
+        "config": job.config, "accel": accel_record(run.learner.accel, counts.compiled),
         "paper": OmegaConf.to_container(cfg.paper) if cfg.paper.test_error is not None else None,
     }
-    if member.teacher is not None:
-        result["provenance"]["teacher"] = member.teacher.record()
-    if run.stack is not None:
-        result["concurrent"] = {"seeds": run.seeds, "wall_seconds": seconds * len(run.members)}
+    if run.teacher is not None:
+        result["provenance"]["teacher"] = run.teacher.record()
     return result
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: Path, dist: Dist) -> Iterator[RunLocked | None]:
+    """Hold the run directory's lock (erasenet.common.runlock, taken on rank 0) while the block runs; yield, on
+    every rank, None, or the refusal when another live process holds it."""
+    lock, found = None, None
+    if dist.is_main:
+        lock = RunLock(run_dir)  # before anything is created: it notes which folders are new
+        check_writable(run_dir, 0)  # an unwritable directory is said so, before its lock is tried
+        try:
+            lock.acquire()
+        except RunLocked as err:
+            lock, found = None, (str(err), err.holder)
+    found = distributed.broadcast(found)
+    try:
+        yield None if found is None else RunLocked(found[0], run_dir, found[1])
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 def check_writable(run_dir: Path, need_bytes: int) -> None:
@@ -164,7 +188,7 @@ def check_writable(run_dir: Path, need_bytes: int) -> None:
 
 
 def disk_needed(run: Run, run_dir: Path) -> int:
-    """Bytes a member will still write at most into ``run_dir``: checkpoints up to its kept ones plus the one being
+    """Bytes the run will still write at most into ``run_dir``: checkpoints up to its kept ones plus the one being
     written (less those already on disk, which it replaces), and room for logs."""
     if not run.cfg.trainer.checkpoint:
         return LOG_ROOM
@@ -172,7 +196,7 @@ def disk_needed(run: Run, run_dir: Path) -> int:
     if on_disk:
         checkpoint = max(on_disk)
     else:
-        tensors = [*run.members[0].model.state_dict().values()]
+        tensors = [*run.model.state_dict().values()]
         checkpoint = 2 * sum(t.numel() * t.element_size() for t in tensors)  # weights + momentum, roughly
     # while the newest is written the older ones are all still there: keep + 1 at most, or one more than now
     peak = max(run.cfg.trainer.keep_checkpoints, len(on_disk)) + 1

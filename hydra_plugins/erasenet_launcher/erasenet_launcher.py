@@ -2,13 +2,13 @@
 
 from dataclasses import dataclass
 
+from hydra._internal.core_plugins.basic_launcher import BasicLauncher
 from hydra.core.config_store import ConfigStore
 
-from erasenet.cli.launcher import ConcurrentLauncher
 
-
-class ErasenetLauncher(ConcurrentLauncher):
-    """``hydra/launcher=erasenet``: trains the seeds of a configuration together when trainer.concurrent > 1."""
+class ErasenetLauncher(BasicLauncher):
+    """``hydra/launcher=erasenet`` (the default): the jobs of a sweep one after another in this process, as Hydra's
+    basic launcher runs them; erasenet's sweeper checks them all first."""
 
 
 @dataclass
