@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 
 from erasenet.training.checkpoint import list_checkpoints, load_checkpoint
-from erasenet.erase import ErasePolicy, apply_erase
+from erasenet.erase import EraseReLU, ErasePolicy, Gates, apply_erase
 from erasenet.common.errors import UserError
 from erasenet.erase.gates import Gate, GateSchedule, gates_of
 from erasenet.common.config import check_config
@@ -35,7 +35,7 @@ class TwoConv(nn.Module):
 
 
 def gated(model, granularity="channel", shape=(1, 5, 5), budget=1.0):
-    record = apply_erase(model, ErasePolicy(method="gates", budget=budget, granularity=granularity),
+    record = apply_erase(model, ErasePolicy(Gates(budget, granularity)),
                          input_shape=shape)
     return model, record
 
@@ -70,9 +70,9 @@ def _equal_outputs(original, granularity, shape, activations=None):
     torch.manual_seed(0)
     x = torch.randn(2, *shape)
     erased = copy.deepcopy(original)
-    apply_erase(erased, ErasePolicy("all", 1.0, fixed_sites=True), activations)
+    apply_erase(erased, ErasePolicy(EraseReLU("all", 1.0), fixed_sites=True), activations)
     model = copy.deepcopy(original)
-    record = apply_erase(model, ErasePolicy(method="gates", budget=0.5, granularity=granularity), activations,
+    record = apply_erase(model, ErasePolicy(Gates(0.5, granularity)), activations,
                          input_shape=shape)
     assert record.sites and all(isinstance(m, (Gate,)) for _, m in gates_of(model))
     for m in (original, erased, model):
@@ -138,7 +138,7 @@ def test_binarising_fills_the_budget_below_the_threshold_only_when_asked():
 
 def test_budget_below_the_ungated_relus_is_refused():
     model = nn.Sequential(nn.Flatten(), nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 4), nn.ReLU())
-    apply_erase(model, ErasePolicy(method="gates", budget=3), input_shape=(1, 2, 2))
+    apply_erase(model, ErasePolicy(Gates(3)), input_shape=(1, 2, 2))
     model.append(nn.ReLU())  # an ungated ReLU: one the policy never saw
     with pytest.raises(ValueError, match="fewer than the 4 no gate covers"):
         GateSchedule(model, {**GATES, "budget": 3}, (1, 2, 2))

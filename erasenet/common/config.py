@@ -18,18 +18,10 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from .choices import GRANULARITIES, LOCATIONS, METHODS, REPLACEMENTS
 from .errors import UserError
 from .records import drop_metadata
 
-LOCATIONS = ("last", "first", "all")
-# What erase.replace puts in place of an erased ReLU (erasenet.erase builds them).
-REPLACEMENTS = {"identity": "nothing, the ReLU erased", "prelu": "a PReLU with one learned slope per site",
-                "prelu_channel": "a PReLU with one slope per channel"}
-# erase.method: which ReLUs a run changes (erasenet.erase, erasenet.erase.gates, erasenet.erase.cull).
-METHODS = {"erase": "EraseReLU's rule, erase.location in erase.proportion of the blocks",
-           "gates": "SNL: a learned gate on every ReLU, binarised to meet erase.budget",
-           "cull": "DeepReDuce: erase.cull_stages culled, the other stages thinned with erase.thin"}
-GRANULARITIES = ("channel", "element")
 DEVICES = ("auto", "cpu", "cuda")
 PROGRESS = ("auto", "on", "off")
 IMAGE_FOLDER_DATASETS = ("imagenet", "imagenet_subset")  # read from an ImageFolder tree through a DataLoader

@@ -22,16 +22,19 @@ A gate at 0 makes its ReLUs the identity and costs nothing; a gate at 1 costs on
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
 import torch.nn as nn
 
+from ..common.choices import GRANULARITIES
 from .rectifiers import count_relus, shapes_seen
+from .replacements import Replacement
+from .sites import Site, Sites
 
 log = logging.getLogger("erasenet")
 
-GRANULARITIES = ("channel", "element")
 PHASES = ("gates", "finetune")
 
 
@@ -94,6 +97,35 @@ def shape_gates(model: nn.Module, gates: Sequence[Gate], input_shape: Sequence[i
         gate.shape_from(shape[1:])
         if any(p.is_meta for p in model.parameters()):
             gate.mask = nn.Parameter(gate.mask.to("meta"))
+
+
+@dataclass(frozen=True)
+class Gates:
+    """``erase.method=gates``: a gate on every site, fixed sites included; binarised to keep ``budget`` ReLUs per
+    image (<= 1: a fraction of the original's). The gate schedule's keys are :class:`GateSchedule`'s."""
+
+    budget: float
+    granularity: str = "channel"
+
+    name = "gates"
+
+    @classmethod
+    def from_config(cls, erase: dict) -> "Gates":
+        return cls(erase["budget"], erase.get("granularity", "channel"))
+
+    def choose(self, sites: Sites, fixed_sites: bool) -> list[Site]:
+        return sites.sites  # every site: the gates learn which to keep
+
+    def replacement(self, replace: Replacement) -> Replacement:
+        """A gate between the ReLU and ``replace`` (so far only the identity: ``1 - m`` passes ``x`` through)."""
+        return Replacement(lambda: Gate(self.granularity), shape_gates)
+
+    def record(self) -> dict:
+        return {"budget": self.budget, "granularity": self.granularity}
+
+    def describe(self) -> str:
+        return (f"gated per {self.granularity}, budget {self.budget:g} ReLUs per image"
+                f"{' of the original' if self.budget <= 1 else ''}")
 
 
 def resolve_budget(budget: float, original: int) -> int:
