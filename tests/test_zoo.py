@@ -185,14 +185,11 @@ def test_every_model_has_a_config_with_every_option():
     for name in list_models():
         cfg = yaml.safe_load((REPO / "erasenet" / "conf" / "model" / f"{name}.yaml").read_text())
         options = set(builder_options(name)) - {"num_classes", "in_chans"}
-        assert cfg["name"] == name and "warmup_iters" in cfg
-        assert set(cfg) - {"name", "warmup_iters"} == options, name
+        # every option, so that model.<option>=... works on the command line (Hydra refuses a key the node lacks)
+        assert cfg["name"] == name and set(cfg) - {"name"} == options, name
         for key, default in builder_options(name).items():
             if key in cfg and not str(cfg[key]).startswith("$"):
                 assert cfg[key] == default, (name, key)
-    assert {n for n in list_models() if yaml.safe_load(
-        (REPO / "erasenet" / "conf" / "model" / f"{n}.yaml").read_text())["warmup_iters"]} == {
-        "resnet110", "resnet1202", "preact_resnet1001"}
 
 
 def test_every_model_classifies_its_input():

@@ -32,8 +32,16 @@ SEED_LIMIT = 2**32  # seeds are 0 .. 2**32 - 1: what NumPy and scikit-learn acce
 BACKENDS = ("auto", "nccl", "gloo")
 AMP = ("auto", "bf16", "fp16", "off")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
-# Keys of a model config that describe the model's recipe rather than its builder's arguments.
-MODEL_META_KEYS = ("name", "warmup_iters")
+# Keys of a model config that are not its builder's arguments.
+MODEL_META_KEYS = ("name",)
+# A model key older runs recorded (the warm-up iterations he2016 read from the model); it lives in the schedule.
+LEGACY_MODEL_KEYS = ("warmup_iters",)
+# The erase keys of each method: another method's keys are no part of a run's experiment (``with_schema_defaults``
+# leaves them out), so a default of one method's knob can change without moving the other methods' stored runs.
+METHOD_KEYS = {"erase": ("location", "proportion"),
+               "gates": ("budget", "granularity", "gate_epochs", "penalty", "penalty_factor", "penalty_warmup",
+                         "threshold", "fill_budget"),
+               "cull": ("cull_stages", "thin")}
 
 
 @dataclass
@@ -104,7 +112,7 @@ class ScheduleConfig:
     weight_decay: float = MISSING
     milestones: list[int] = MISSING  # epochs at which lr *= gamma
     gamma: float = MISSING
-    warmup_iters: int = MISSING  # iterations trained at warmup_lr before the schedule starts
+    warmup_iters: int = 0  # iterations trained at warmup_lr before the schedule starts (he2016_warmup: 400)
     warmup_lr: float = MISSING
     warmup: str = MISSING  # constant (He et al.) | linear (from warmup_lr up to lr)
     decay: str = "step"  # step: lr *= gamma at each milestone | cosine: from lr down to 0 over the epochs after warm-up
@@ -152,7 +160,7 @@ class PaperConfig:
 
 @dataclass
 class Config:
-    model: Any = MISSING  # {name: <registry name>, warmup_iters: int, **builder arguments}
+    model: Any = MISSING  # {name: <registry name>, **builder arguments}
     erase: EraseConfig = field(default_factory=EraseConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
@@ -165,7 +173,8 @@ class Config:
 
 def with_schema_defaults(config: dict) -> dict:
     """A run's stored config with the schema's default for every ``erase``, ``dataset`` and ``schedule`` key it
-    lacks.
+    lacks, and without the keys that do not shape it: the erase keys of other methods than its own, and
+    ``model.warmup_iters`` (recorded before it moved to the schedule, which holds the value that ran).
 
     A knob added to the schema defaults to the behaviour from before it existed, so a run recorded earlier ran
     with that default: filled in, its config still matches, and the run is neither trained again nor refused
@@ -178,6 +187,13 @@ def with_schema_defaults(config: dict) -> dict:
                             ("distill", DistillConfig)):
         if isinstance(filled.get(section), dict):
             filled[section] = {**_schema_defaults(schema), **filled[section]}
+    if isinstance(filled.get("erase"), dict):
+        erase = filled["erase"]
+        others = {k for method, keys in METHOD_KEYS.items() if method != erase.get("method") for k in keys}
+        mine = set(METHOD_KEYS.get(erase.get("method"), ()))
+        filled["erase"] = {k: v for k, v in erase.items() if k not in others - mine}
+    if isinstance(filled.get("model"), dict):
+        filled["model"] = {k: v for k, v in filled["model"].items() if k not in LEGACY_MODEL_KEYS}
     return filled
 
 
