@@ -53,12 +53,14 @@ class EraseConfig:
     method: str = "erase"  # erase (EraseReLU) | gates (SNL) | cull (DeepReDuce)
     budget: Optional[float] = None  # gates: ReLUs per image kept; <= 1 a fraction of the original's count
     granularity: str = "channel"  # gates: one gate per channel or per element of the activation map
-    gate_epochs: int = 20  # gates: most epochs of gate learning before the gates are binarised
+    gate_epochs: Optional[int] = None  # gates: most epochs of gate learning before binarising; null: half the epochs
     penalty: float = 1e-5  # gates: initial weight lambda of the L1 penalty lambda * sum |gate|
-    penalty_factor: float = 1.1  # gates: lambda *= this after an epoch whose count is no new low
-    penalty_warmup: int = 5  # gates: epochs of gate learning before lambda may rise
+    penalty_factor: Optional[float] = None  # gates: lambda *= this after an epoch whose count is no new low; null:
+    # what lets lambda grow by four decades within half the gate-learning epochs (SNL: 1.1)
+    penalty_warmup: int = 0  # gates: epochs of gate learning before lambda may rise (SNL: 5)
     threshold: float = 0.01  # gates: a gate above this counts as alive (and may survive binarisation)
-    fill_budget: bool = False  # gates: binarising also keeps gates below the threshold while the budget has room
+    fill_budget: bool = True  # gates: binarising also keeps gates below the threshold while the budget has room (SNL:
+    # false, an undershot budget left unused)
     cull_stages: list[int] = field(default_factory=list)  # cull: 1-based stages whose ReLUs are all erased
     thin: bool = False  # cull: erase every second ReLU site of the other stages
 
@@ -362,12 +364,13 @@ def check_method(cfg: DictConfig) -> None:
         if e.replace != "identity":
             _fail(f"erase.replace={e.replace} does not apply to erase.method=gates: a gate at 0 is the identity.",
                   "Leave erase.replace at identity.")
-        if not 1 <= e.gate_epochs < cfg.schedule.epochs:
+        if not 1 <= (cfg.schedule.epochs // 2 if e.gate_epochs is None else e.gate_epochs) < cfg.schedule.epochs:
             _fail(f"erase.gate_epochs={e.gate_epochs} with schedule.epochs={cfg.schedule.epochs}: gate learning "
                   f"needs at least one epoch and the binarised network at least one epoch of fine-tuning.",
-                  f"Use 1 <= erase.gate_epochs < schedule.epochs, e.g. "
-                  f"erase.gate_epochs={cfg.schedule.epochs // 2 or 1}.")
-        if e.penalty <= 0 or e.penalty_factor < 1 or e.penalty_warmup < 0 or not 0 <= e.threshold < 1:
+                  f"Use 1 <= erase.gate_epochs < schedule.epochs, e.g. erase.gate_epochs=null (half of the "
+                  f"epochs), with schedule.epochs of 2 or more.")
+        if e.penalty <= 0 or (e.penalty_factor is not None and e.penalty_factor < 1) or e.penalty_warmup < 0 or \
+                not 0 <= e.threshold < 1:
             _fail(f"erase.penalty={e.penalty}, erase.penalty_factor={e.penalty_factor}, erase.penalty_warmup="
                   f"{e.penalty_warmup}, erase.threshold={e.threshold}.",
                   "Use penalty > 0, penalty_factor >= 1, penalty_warmup >= 0 and 0 <= threshold < 1 (SNL: 1e-5, "

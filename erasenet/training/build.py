@@ -230,7 +230,7 @@ def build_run(cfgs: Sequence[DictConfig], out_dirs: Sequence[Path], dist: Dist, 
         model.to(device)
         generators.append(generator_state(device))
         try:
-            gates = gate_schedule(model, OmegaConf.to_container(c.erase), image_shape(c))
+            gates = gate_schedule(model, OmegaConf.to_container(c.erase), image_shape(c), c.schedule.epochs)
         except ValueError as err:
             raise UserError(f"cannot gate model {c.model.name}: {err}.") from None
         members.append(Member(cfg=c, out_dir=Path(out), model=to_channels_last(model, accel), erased=erased,
