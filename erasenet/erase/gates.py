@@ -243,7 +243,7 @@ class GateSchedule:
                         "of gates that had not learned to part (a ranking of little more than noise). Give the "
                         "penalty more room: a larger erase.penalty (it reached %.3g), erase.penalty_factor or "
                         "erase.gate_epochs", self.phase_epochs, f"{count:,}", self.threshold, f"{self.budget:,}",
-                        self.penalty)
+                        metrics["gate_penalty"])
         metrics["relus"] = self.relus()
 
     @torch.no_grad()

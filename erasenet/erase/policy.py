@@ -136,9 +136,13 @@ class EraseRecord:
     sites: list[str] = field(default_factory=list)  # in forward order
 
     def as_dict(self) -> dict:
+        """What ``result.json`` keeps as ``erase``. Every record has EraseReLU's ``location`` and ``proportion`` (a
+        budgeted method's are the unused defaults, proportion 0), as records always had, for the readers of old and
+        new runs alike."""
         p = self.policy
-        return {"method": p.method.name, **p.method.record(), "replace": p.replace, "fixed_sites": p.fixed_sites,
-                "num_blocks": self.num_blocks, "blocks": self.blocks, "sites": self.sites}
+        return {"method": p.method.name, **EraseReLU().record(), **p.method.record(), "replace": p.replace,
+                "fixed_sites": p.fixed_sites, "num_blocks": self.num_blocks, "blocks": self.blocks,
+                "sites": self.sites}
 
     def summary(self) -> str:
         p = self.policy
