@@ -52,3 +52,28 @@ def test_every_option_composes_with_no_missing_value(make_cfg, group):
         extra = ["dataset.path=/data"] if option.startswith("imagenet") and group == "dataset" else []
         cfg = make_cfg(f"{group}={option}", *extra)
         OmegaConf.to_container(cfg[group], resolve=True, throw_on_missing=True)
+
+
+def test_the_warm_up_lives_in_the_schedule_and_older_records_still_match(make_cfg):
+    from erasenet.common.config import with_schema_defaults
+
+    for name in ("resnet110", "resnet1202", "preact_resnet1001"):  # He et al.'s 400 warm-up iterations
+        assert make_cfg(f"model={name}", "schedule=he2016_warmup").schedule.warmup_iters == 400
+    assert make_cfg("model=resnet110").schedule.warmup_iters == 0
+    assert all("warmup_iters" not in yaml.safe_load(p.read_text()) for p in (CONF / "model").glob("*.yaml"))
+    now = OmegaConf.to_container(make_cfg("experiment=dong2017/t1_resnet110_er"), resolve=True)
+    assert now["schedule"]["warmup_iters"] == 400 and "warmup_iters" not in now["model"]
+    recorded = {**now, "model": {**now["model"], "warmup_iters": 400}}  # as runs before the move stored it
+    assert with_schema_defaults(recorded) == with_schema_defaults(now)
+
+
+def test_a_knob_of_another_method_is_no_part_of_a_stored_run(make_cfg):
+    from erasenet.common.config import with_schema_defaults
+
+    now = OmegaConf.to_container(make_cfg("erase=last"), resolve=True)
+    recorded = {**now, "erase": {**now["erase"], "gate_epochs": 20, "penalty": 1e-5, "thin": False}}
+    assert with_schema_defaults(recorded) == with_schema_defaults(now)
+    assert "gate_epochs" not in with_schema_defaults(now)["erase"]
+    gated = OmegaConf.to_container(make_cfg("erase=gates", "erase.budget=0.5"), resolve=True)
+    assert with_schema_defaults({**gated, "erase": {**gated["erase"], "penalty": 1.0}}) != \
+        with_schema_defaults(gated)  # its own knobs still tell two gated runs apart

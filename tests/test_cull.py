@@ -5,7 +5,7 @@ import torch
 
 from erasenet.common.config import check_config
 from erasenet.erase.cull import stages
-from erasenet.erase import ErasePolicy, apply_erase
+from erasenet.erase import Cull, EraseReLU, ErasePolicy, apply_erase
 from erasenet.common.errors import UserError
 from erasenet.models import create_model
 from erasenet.erase.rectifiers import count_relus
@@ -13,22 +13,21 @@ from erasenet.training.run import train_run
 
 
 def test_stages_are_runs_of_blocks_with_one_parent():
-    blocks = [("layer1.0", []), ("layer1.1", []), ("layer2.0", []), ("layer3.0", []), ("layer3.1", [])]
-    assert stages(blocks) == [[0, 1], [2], [3, 4]]
-    assert stages([("layers.0", []), ("layers.1", [])]) == [[0, 1]]
+    assert stages(["layer1.0", "layer1.1", "layer2.0", "layer3.0", "layer3.1"]) == [[0, 1], [2], [3, 4]]
+    assert stages(["layers.0", "layers.1"]) == [[0, 1]]
 
 
 def test_culling_and_thinning_a_zoo_resnet_by_hand():
     # ResNet-20 at 32x32: stem 16x32x32, then 3 stages of 3 blocks with 2 ReLUs each at 16x32x32, 32x16x16, 64x8x8
     model = create_model("resnet20", num_classes=10)
     assert count_relus(model, (3, 32, 32)) == 16384 + 6 * 16384 + 6 * 8192 + 6 * 4096
-    record = apply_erase(model, ErasePolicy(method="cull", cull_stages=(1,), thin=True))
+    record = apply_erase(model, ErasePolicy(Cull(stages=(1,), thin=True)))
     assert record.sites[:6] == [f"layer1.{b}.{s}" for b in range(3) for s in ("act1", "act_out")]
     assert record.sites[6:] == [f"layer{k}.{b}.act_out" for k in (2, 3) for b in range(3)]  # every second ReLU
     assert record.blocks == list(range(1, 10)) and record.as_dict()["cull_stages"] == [1]
     assert count_relus(model, (3, 32, 32)) == 16384 + 3 * 8192 + 3 * 4096
     stem = create_model("resnet20", num_classes=10)
-    apply_erase(stem, ErasePolicy(method="cull", cull_stages=(2, 3), fixed_sites=True))
+    apply_erase(stem, ErasePolicy(Cull(stages=(2, 3)), fixed_sites=True))
     assert count_relus(stem, (3, 32, 32)) == 6 * 16384
 
 
@@ -37,8 +36,8 @@ def test_thinning_a_post_activation_resnet_erases_each_blocks_last_relu():
     thinned = create_model("resnet20", num_classes=10)
     last = create_model("resnet20", num_classes=10)
     last.load_state_dict(thinned.state_dict())
-    a = apply_erase(thinned, ErasePolicy(method="cull", thin=True))
-    b = apply_erase(last, ErasePolicy("last", 1.0))
+    a = apply_erase(thinned, ErasePolicy(Cull(thin=True)))
+    b = apply_erase(last, ErasePolicy(EraseReLU("last", 1.0)))
     assert a.sites == b.sites
     x = torch.randn(2, 3, 16, 16)
     assert torch.equal(thinned.eval()(x), last.eval()(x))
@@ -48,11 +47,11 @@ def test_culling_a_torchvision_resnet18_by_hand():
     # at 64x64: stem 64x32x32, then layer1..4 of 4 ReLU calls at 64x16x16, 128x8x8, 256x4x4, 512x2x2
     model = create_model("torchvision", arch="resnet18", num_classes=10)
     assert count_relus(model, (3, 64, 64)) == 65536 + 4 * 16384 + 4 * 8192 + 4 * 4096 + 4 * 2048
-    record = apply_erase(model, ErasePolicy(method="cull", cull_stages=(1, 4), thin=True))
+    record = apply_erase(model, ErasePolicy(Cull(stages=(1, 4), thin=True)))
     assert "layer2.0.relu#2" in record.sites and "layer2.0.relu#1" not in record.sites
     assert count_relus(model, (3, 64, 64)) == 65536 + 2 * 8192 + 2 * 4096
     with pytest.raises(ValueError, match=r"stage\(s\) \[5\].*4 stage\(s\) are 1: layer1, 2: layer2"):
-        apply_erase(create_model("torchvision", arch="resnet18"), ErasePolicy(method="cull", cull_stages=(5,)))
+        apply_erase(create_model("torchvision", arch="resnet18"), ErasePolicy(Cull(stages=(5,))))
 
 
 def test_config_checks(make_cfg):

@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from erasenet.erase import ErasePolicy, apply_erase, plan_erase, select_blocks
+from erasenet.erase import EraseReLU, ErasePolicy, apply_erase, plan_erase, select_blocks
 from erasenet.models import block_sites, create_model
 from erasenet.erase.rectifiers import count_relus
 
@@ -48,7 +48,7 @@ def test_apply_erase_changes_exactly_the_chosen_sites(depth, blocks, location, i
     model = create_model(f"resnet{depth}")
     sites = block_sites(model)
     assert len(sites) == blocks and all(s[0].endswith("act1") and s[1].endswith("act_out") for s in sites)
-    record = apply_erase(model, ErasePolicy(location=location, proportion=p))
+    record = apply_erase(model, ErasePolicy(EraseReLU(location, p)))
     expected = [sites[b - 1][i] for b in select_blocks(blocks, p) for i in index]
     assert record.sites == expected
     assert record.blocks == select_blocks(blocks, p)
@@ -59,14 +59,14 @@ def test_apply_erase_changes_exactly_the_chosen_sites(depth, blocks, location, i
 
 
 def test_paper_example_on_resnet():
-    record = apply_erase(create_model("resnet56"), ErasePolicy("last", 0.5))
+    record = apply_erase(create_model("resnet56"), ErasePolicy(EraseReLU("last", 0.5)))
     assert record.blocks == list(range(1, 28, 2))
     assert record.sites[:3] == ["layer1.0.act_out", "layer1.2.act_out", "layer1.4.act_out"]
 
 
 def test_prelu_replacement():
     model = create_model("resnet20")
-    record = apply_erase(model, ErasePolicy("last", 1.0, "prelu"))
+    record = apply_erase(model, ErasePolicy(EraseReLU("last", 1.0), "prelu"))
     assert len(record.sites) == 9
     assert all(isinstance(model.get_submodule(s), nn.PReLU) for s in record.sites)
     assert isinstance(model.layer1[0].act1, nn.ReLU)
@@ -74,7 +74,7 @@ def test_prelu_replacement():
 
 def test_location_a_block_lacks_is_refused():
     with pytest.raises(ValueError, match="does not exist"):
-        apply_erase(create_model("resnet20"), ErasePolicy("3", 1.0))
+        apply_erase(create_model("resnet20"), ErasePolicy(EraseReLU("3", 1.0)))
 
 
 def test_run_directory_names_stay_short_and_distinct():
@@ -88,11 +88,16 @@ def test_run_directory_names_stay_short_and_distinct():
     assert len(run_dirname(long_a)) <= 120 and run_dirname(long_a) != run_dirname(long_b)
 
 
-def test_erase_owns_its_replacements_and_the_config_accepts_the_same():
-    from erasenet import erase
-    from erasenet.common import config
+def test_every_replacement_and_method_the_config_accepts_builds():
+    from erasenet.common.choices import METHODS, REPLACEMENTS
 
-    assert tuple(erase.REPLACEMENTS) == tuple(config.REPLACEMENTS)  # config validates before torch is imported
+    for kind in REPLACEMENTS:  # what the config's validation lets through, the erase policy can build
+        model = create_model("resnet20", num_classes=10)
+        record = apply_erase(model, ErasePolicy(EraseReLU("last", 1.0), kind), input_shape=(3, 8, 8))
+        assert len(record.sites) == 9
+        assert all(not isinstance(model.get_submodule(s), nn.ReLU) for s in record.sites)
+    erase = {"location": "last", "proportion": 0.5, "budget": 0.5, "cull_stages": [1], "thin": True}
+    assert [ErasePolicy.from_config({**erase, "method": m}).method.name for m in METHODS] == list(METHODS)
 
 
 def test_the_bottom_layer_loads_no_config_hydra_or_training_module():
@@ -127,11 +132,11 @@ def test_fixed_sites_turn_every_relu_layer_into_a_prelu(make_cfg):
     from erasenet.erase.rectifiers import rectifier_calls
 
     blocks_only = create_model("resnet20")
-    record = apply_erase(blocks_only, ErasePolicy("all", 1.0, "prelu"))
+    record = apply_erase(blocks_only, ErasePolicy(EraseReLU("all", 1.0), "prelu"))
     assert "stem.act" not in record.sites and len(record.sites) == 18
     assert isinstance(blocks_only.stem.act, nn.ReLU)
     every = create_model("resnet20")
-    record = apply_erase(every, ErasePolicy("all", 1.0, "prelu", fixed_sites=True))
+    record = apply_erase(every, ErasePolicy(EraseReLU("all", 1.0), "prelu", fixed_sites=True))
     assert record.sites[0] == "stem.act" and len(record.sites) == 19  # the stem's ReLU first, in forward order
     assert isinstance(every.stem.act, nn.PReLU)
     assert {c.op for c in rectifier_calls(every, (3, 32, 32))} == {"prelu"}  # no ReLU runs at all
@@ -142,7 +147,8 @@ def test_fixed_sites_turn_every_relu_layer_into_a_prelu(make_cfg):
 
 def test_prelu_channel_gives_each_site_a_slope_per_channel():
     model = create_model("resnet20")
-    record = apply_erase(model, ErasePolicy("all", 1.0, "prelu_channel", fixed_sites=True), input_shape=(3, 32, 32))
+    record = apply_erase(model, ErasePolicy(EraseReLU("all", 1.0), "prelu_channel", fixed_sites=True),
+                         input_shape=(3, 32, 32))
     slopes = {s: model.get_submodule(s) for s in record.sites}
     assert len(slopes) == 19 and all(type(m) is nn.PReLU for m in slopes.values())
     expected = {"stem.act": 16} | {s: 16 * 2 ** (int(s[5]) - 1) for s in record.sites if s.startswith("layer")}
@@ -159,8 +165,8 @@ def test_prelu_channel_on_torchvision_resnet18_starts_as_the_shared_slope():
     torch.manual_seed(0)
     original = torchvision.models.resnet18(weights=None).eval()
     shared, per_channel = copy.deepcopy(original), copy.deepcopy(original)
-    apply_erase(shared, ErasePolicy("last", 1.0, "prelu"))
-    record = apply_erase(per_channel, ErasePolicy("last", 1.0, "prelu_channel"), input_shape=(3, 224, 224))
+    apply_erase(shared, ErasePolicy(EraseReLU("last", 1.0), "prelu"))
+    record = apply_erase(per_channel, ErasePolicy(EraseReLU("last", 1.0), "prelu_channel"), input_shape=(3, 224, 224))
     assert record.sites == [f"layer{i}.{j}.relu#2" for i in range(1, 5) for j in range(2)]
     slopes = {n: p.shape for n, p in per_channel.named_parameters() if "relu" in n}
     assert slopes == {f"layer{i}.{j}.relu_call2.weight": (c,) for i, c in zip(range(1, 5), (64, 128, 256, 512))
@@ -183,7 +189,7 @@ def test_prelu_channel_reaches_functional_relus():
             return F.relu(self.conv(x) + self.proj(x))
 
     model = nn.Sequential(Unit(3, 4), Unit(4, 6))
-    record = apply_erase(model, ErasePolicy("last", 1.0, "prelu_channel"), input_shape=(3, 5, 5))
+    record = apply_erase(model, ErasePolicy(EraseReLU("last", 1.0), "prelu_channel"), input_shape=(3, 5, 5))
     assert record.sites == ["0:relu", "1:relu"]
     assert [m.weight.shape for m in model.modules() if isinstance(m, nn.PReLU)] == [(4,), (6,)]
 
@@ -192,9 +198,10 @@ def test_prelu_channel_needs_the_input_shape():
     model = create_model("resnet20")
     for erase in (apply_erase, plan_erase):
         with pytest.raises(ValueError, match="input_shape"):
-            erase(model, ErasePolicy("last", 1.0, "prelu_channel"))
+            erase(model, ErasePolicy(EraseReLU("last", 1.0), "prelu_channel"))
     assert not any(isinstance(m, nn.PReLU) for m in model.modules())
-    assert plan_erase(model, ErasePolicy("last", 1.0, "prelu_channel"), input_shape=(3, 32, 32)).sites[0] == \
+    assert plan_erase(model, ErasePolicy(EraseReLU("last", 1.0), "prelu_channel"),
+                      input_shape=(3, 32, 32)).sites[0] == \
         "layer1.0.act_out"
 
 
@@ -218,3 +225,28 @@ def test_describe_with_slopes_per_channel(capsys):
     out = capsys.readouterr().out
     assert "18 site(s) -> prelu_channel in 9/9 blocks" in out
     assert "ReLU/PReLU evaluations after the erase: 188,416 (+0)" in out
+
+
+def test_one_planner_reads_declared_and_found_sites_alike():
+    from erasenet.erase import Cull, Gates
+    from erasenet.erase.graph_sites import analyse
+    from erasenet.erase.policy import plan
+    from erasenet.erase.sites import declared
+
+    model = create_model("resnet20", num_classes=10)  # its blocks declare the sites fx also finds
+    by_contract, by_graph = declared(model), analyse(model)
+    assert [s.name for s in by_contract.forward] == [s.name for s in by_graph.forward]
+    stage2 = [f"layer2.{b}.{s}" for b in range(3) for s in ("act1", "act_out")]
+    thinned = {k: [f"layer{k}.{b}.act_out" for b in range(3)] for k in (1, 3)}
+    cases = [
+        (ErasePolicy(EraseReLU("first", 0.5), fixed_sites=True),  # blocks 1, 3, 5, 7, 9; the stem first
+         ["stem.act"] + [f"layer{1 + i // 3}.{i % 3}.act1" for i in (0, 2, 4, 6, 8)], [1, 3, 5, 7, 9]),
+        (ErasePolicy(Gates(0.5)), ["stem.act"] + [s for b in block_sites(model) for s in b], list(range(1, 10))),
+        (ErasePolicy(Cull((2,), thin=True), fixed_sites=True), ["stem.act"] + thinned[1] + stage2 + thinned[3],
+         list(range(1, 10))),
+    ]
+    for policy, sites, blocks in cases:
+        records = [plan(found, policy)[0] for found in (by_contract, by_graph)]
+        assert [(r.sites, r.blocks, r.num_blocks) for r in records] == [(sites, blocks, 9)] * 2
+        assert records[0].as_dict() == records[1].as_dict()
+        assert records[0].as_dict()["method"] == policy.method.name

@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from erasenet.erase import ErasePolicy, apply_erase, plan_erase, select_blocks
+from erasenet.erase import EraseReLU, ErasePolicy, apply_erase, plan_erase, select_blocks
 from erasenet.common.errors import UserError
 from erasenet.erase.graph_sites import AnalysisError, analyse
 from erasenet.models import builder_options, create_model
@@ -54,8 +54,8 @@ def test_every_family_builds_analyses_and_erases(family):
     location = "first" if arch == "mobilenet_v2" else "last"  # MobileNet-V2 has no activation after its sums
     if location == "first":
         with pytest.raises(ValueError, match="no activation right after its residual addition"):
-            apply_erase(copy.deepcopy(model), ErasePolicy("last", 0.5))
-    record = apply_erase(model, ErasePolicy(location, 0.5))
+            apply_erase(copy.deepcopy(model), ErasePolicy(EraseReLU("last", 0.5)))
+    record = apply_erase(model, ErasePolicy(EraseReLU(location, 0.5)))
     assert record.num_blocks == blocks and len(record.sites) == len(select_blocks(blocks, 0.5))
     after = analyse(model, model.site_activations)
     assert len(after.sites) == block_sites + fixed - len(record.sites)
@@ -68,7 +68,7 @@ def test_shared_relu_calls_are_separate_sites_named_by_call():
     assert found.blocks[0].name == "layer1.0"
     assert found.blocks[0].site_names == ["layer1.0.relu#1", "layer1.0.relu#2", "layer1.0.relu#3"]
     assert found.blocks[-1].name == "layer4.2" and [s.name for s in found.fixed] == ["relu"]
-    record = plan_erase(model, ErasePolicy("last", 1.0))
+    record = plan_erase(model, ErasePolicy(EraseReLU("last", 1.0)))
     assert record.sites[:2] == ["layer1.0.relu#3", "layer1.1.relu#3"]
     assert type(model.layer1[0]).__name__ == "Bottleneck"  # planning changes nothing
 
@@ -120,7 +120,7 @@ def test_erased_torchvision_resnet_equals_a_hand_written_reference(torchvision_r
     original = torchvision_resnets[arch]
     model = copy.deepcopy(original)
     x = torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(1))
-    record = apply_erase(model, ErasePolicy(location, p))
+    record = apply_erase(model, ErasePolicy(EraseReLU(location, p)))
     call = {"last": calls, "first": 1, "2": 2}[location]
     erased = {b: {call} for b in record.blocks}
     assert record.sites == [f"{name}.relu#{call}" for name in _block_names(original, record.blocks)]
@@ -143,7 +143,7 @@ def _block_names(model, indices):
 def test_prelu_on_one_call_of_a_shared_relu(torchvision_resnets):
     original = torchvision_resnets["resnet18"]
     model = copy.deepcopy(original)
-    record = apply_erase(model, ErasePolicy("last", 1.0, "prelu"))
+    record = apply_erase(model, ErasePolicy(EraseReLU("last", 1.0), "prelu"))
     assert len(record.sites) == 8
     new = set(model.state_dict()) - set(original.state_dict())
     assert new == {f"layer{i}.{j}.relu_call2.weight" for i in range(1, 5) for j in range(2)}
@@ -163,7 +163,7 @@ def test_counts_follow_the_erase():
     full = 64 * 112 * 112 + sum(4 * s for s in stage)
     model = _build("torchvision", "resnet18")
     assert count_relus(model, (3, 224, 224)) == full == 2_308_096
-    apply_erase(model, ErasePolicy("last", 0.5))  # blocks 1, 3, 5, 7: the first block of each stage
+    apply_erase(model, ErasePolicy(EraseReLU("last", 0.5)))  # blocks 1, 3, 5, 7: the first block of each stage
     assert count_relus(model, (3, 224, 224)) == full - sum(stage)
 
 
@@ -196,7 +196,7 @@ def test_functional_relus_are_sites_and_are_erased_exactly():
     found = analyse(model)
     assert [b.site_names for b in found.blocks][0] == ["units.0:relu#1", "units.0:relu#2"]
     assert [s.name for s in found.fixed] == [":relu"]
-    record = apply_erase(model, ErasePolicy("last", 0.5))
+    record = apply_erase(model, ErasePolicy(EraseReLU("last", 0.5)))
     assert record.sites == ["units.0:relu#2", "units.2:relu#2"]
     x = torch.randn(2, 3, 6, 6)
     with torch.no_grad():
@@ -211,7 +211,7 @@ def test_a_plain_stack_has_one_block_per_relu_call():
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3), nn.ReLU(), nn.Flatten(), nn.LazyLinear(2))
     found = analyse(model)
     assert not found.residual and [b.site_names for b in found.blocks] == [["1"], ["3"]]
-    record = apply_erase(model, ErasePolicy("last", 0.5))
+    record = apply_erase(model, ErasePolicy(EraseReLU("last", 0.5)))
     assert record.sites == ["1"] and isinstance(model[1], nn.Identity) and isinstance(model[3], nn.ReLU)
 
 
@@ -228,7 +228,7 @@ class DataDependent(nn.Module):
 def test_data_dependent_control_flow_is_a_clear_error_and_nothing_changes():
     model = DataDependent()
     with pytest.raises(AnalysisError, match="control flow"):
-        apply_erase(model, ErasePolicy("last", 1.0))
+        apply_erase(model, ErasePolicy(EraseReLU("last", 1.0)))
     assert isinstance(model.relu, nn.ReLU)
 
 
@@ -245,10 +245,10 @@ def test_a_forward_that_runs_other_activations_in_training_is_refused():
 
 def test_other_activation_classes_can_be_named():
     model = nn.Sequential(nn.Linear(3, 3), nn.SiLU(), nn.Linear(3, 3), nn.ReLU())
-    record = apply_erase(model, ErasePolicy("all", 1.0), activations=["torch.nn.SiLU"])
+    record = apply_erase(model, ErasePolicy(EraseReLU("all", 1.0)), activations=["torch.nn.SiLU"])
     assert record.sites == ["1"] and isinstance(model[3], nn.ReLU)
     with pytest.raises(ValueError, match="unknown activation"):
-        apply_erase(model, ErasePolicy("all", 1.0), activations="swish")
+        apply_erase(model, ErasePolicy(EraseReLU("all", 1.0)), activations="swish")
 
 
 # --- weights, configs, missing timm ------------------------------------------------------------------------------
@@ -285,7 +285,7 @@ def test_external_configs_name_every_builder_option():
     for name in ("torchvision", "timm"):
         assert name in list_models(external=True) and name not in list_models()
         cfg = yaml.safe_load((REPO / "erasenet" / "conf" / "model" / f"{name}.yaml").read_text())
-        assert set(cfg) - {"name", "warmup_iters"} == set(builder_options(name)) - {"num_classes", "in_chans"}
+        assert set(cfg) - {"name"} == set(builder_options(name)) - {"num_classes", "in_chans"}
 
 
 def test_without_timm_the_error_says_how_to_install_it(monkeypatch, make_cfg):

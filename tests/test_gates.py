@@ -3,6 +3,8 @@ binarising, the phases in a real run, and resume in the middle of each phase bit
 
 import copy
 import json
+import logging
+import math
 import shutil
 
 import pytest
@@ -10,7 +12,7 @@ import torch
 import torch.nn as nn
 
 from erasenet.training.checkpoint import list_checkpoints, load_checkpoint
-from erasenet.erase import ErasePolicy, apply_erase
+from erasenet.erase import EraseReLU, ErasePolicy, Gates, apply_erase
 from erasenet.common.errors import UserError
 from erasenet.erase.gates import Gate, GateSchedule, gates_of
 from erasenet.common.config import check_config
@@ -18,7 +20,7 @@ from erasenet.models import create_model
 from erasenet.erase.rectifiers import count_relus
 from erasenet.training.run import train_run
 
-GATES = dict(penalty=1e-5, penalty_factor=1.1, penalty_warmup=5, threshold=0.01, gate_epochs=3)
+GATES = dict(penalty=1e-5, penalty_factor=1.1, penalty_warmup=5, threshold=0.01, gate_epochs=3, fill_budget=False)
 
 
 class TwoConv(nn.Module):
@@ -35,7 +37,7 @@ class TwoConv(nn.Module):
 
 
 def gated(model, granularity="channel", shape=(1, 5, 5), budget=1.0):
-    record = apply_erase(model, ErasePolicy(method="gates", budget=budget, granularity=granularity),
+    record = apply_erase(model, ErasePolicy(Gates(budget, granularity)),
                          input_shape=shape)
     return model, record
 
@@ -70,9 +72,9 @@ def _equal_outputs(original, granularity, shape, activations=None):
     torch.manual_seed(0)
     x = torch.randn(2, *shape)
     erased = copy.deepcopy(original)
-    apply_erase(erased, ErasePolicy("all", 1.0, fixed_sites=True), activations)
+    apply_erase(erased, ErasePolicy(EraseReLU("all", 1.0), fixed_sites=True), activations)
     model = copy.deepcopy(original)
-    record = apply_erase(model, ErasePolicy(method="gates", budget=0.5, granularity=granularity), activations,
+    record = apply_erase(model, ErasePolicy(Gates(0.5, granularity)), activations,
                          input_shape=shape)
     assert record.sites and all(isinstance(m, (Gate,)) for _, m in gates_of(model))
     for m in (original, erased, model):
@@ -138,7 +140,7 @@ def test_binarising_fills_the_budget_below_the_threshold_only_when_asked():
 
 def test_budget_below_the_ungated_relus_is_refused():
     model = nn.Sequential(nn.Flatten(), nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 4), nn.ReLU())
-    apply_erase(model, ErasePolicy(method="gates", budget=3), input_shape=(1, 2, 2))
+    apply_erase(model, ErasePolicy(Gates(3)), input_shape=(1, 2, 2))
     model.append(nn.ReLU())  # an ungated ReLU: one the policy never saw
     with pytest.raises(ValueError, match="fewer than the 4 no gate covers"):
         GateSchedule(model, {**GATES, "budget": 3}, (1, 2, 2))
@@ -147,8 +149,11 @@ def test_budget_below_the_ungated_relus_is_refused():
 def test_config_refuses_what_does_not_fit_the_method(make_cfg):
     with pytest.raises(UserError, match="needs a positive erase.budget"):
         check_config(make_cfg("erase=gates"))
-    with pytest.raises(UserError, match="erase.gate_epochs=20 with schedule.epochs=15"):
-        check_config(make_cfg("erase=gates", "erase.budget=0.1", "schedule=quick"))
+    with pytest.raises(UserError, match="erase.gate_epochs=15 with schedule.epochs=15"):
+        check_config(make_cfg("erase=gates", "erase.budget=0.1", "schedule=quick", "erase.gate_epochs=15"))
+    with pytest.raises(UserError, match="erase.gate_epochs=None with schedule.epochs=1"):
+        check_config(make_cfg("erase=gates", "erase.budget=0.1", "schedule=quick", "schedule.epochs=1"))
+    check_config(make_cfg("erase=gates", "erase.budget=0.1", "schedule=quick"))  # the default fits any schedule
     with pytest.raises(UserError, match="erase.budget=0.1 applies to erase.method=gates"):
         check_config(make_cfg("erase=last", "erase.budget=0.1"))
     with pytest.raises(UserError, match="erase.proportion=0.5 applies to erase.method=erase"):
@@ -251,3 +256,45 @@ def test_the_penalty_rises_after_an_epoch_with_no_new_low_and_the_state_round_tr
     after = {}
     schedule.end_epoch(after)  # fine-tuning: the count and penalty stay
     assert after == {"gate_phase": "finetune", "gate_penalty": 2e-5, "relus": 40}
+
+
+def test_a_budget_at_or_above_the_networks_count_is_refused_with_the_count():
+    for budget in (175, 100000, 1.0):  # TwoConv has 100 + 75 ReLUs; a fraction of 1 keeps them all
+        model, _ = gated(TwoConv())
+        with pytest.raises(ValueError, match=r"the network has 175: at or above its count") as refused:
+            GateSchedule(model, {**GATES, "budget": budget}, (1, 5, 5))
+        assert "\n" not in str(refused.value) and "erase.budget=87" in str(refused.value)
+    model, _ = gated(TwoConv())
+    assert GateSchedule(model, {**GATES, "budget": 174}, (1, 5, 5)).budget == 174
+
+
+def test_gate_learning_defaults_to_half_the_epochs_and_a_penalty_that_can_climb():
+    from erasenet.erase.gates import climb_factor
+
+    model, _ = gated(TwoConv())
+    schedule = GateSchedule(model, {**GATES, "budget": 50, "gate_epochs": None, "penalty_factor": None},
+                            (1, 5, 5), epochs=15)
+    assert schedule.max_epochs == 7 and schedule.factor == climb_factor(7)
+    assert math.isclose(schedule.factor ** 3.5, 1e4)  # four decades within half the phase
+    assert climb_factor(1) == 100.0 and math.isclose(climb_factor(80), 1e4 ** (1 / 40))
+    with pytest.raises(ValueError, match="half of schedule.epochs"):
+        GateSchedule(model, {**GATES, "budget": 50, "gate_epochs": None}, (1, 5, 5))
+
+
+@pytest.mark.parametrize("alive", [40, 100])
+def test_the_log_says_when_the_gates_did_not_separate(alive, caplog):
+    model, _ = gated(TwoConv(), "element")  # 175 gates, one ReLU each
+    schedule = GateSchedule(model, {**GATES, "budget": 50, "gate_epochs": 1}, (1, 5, 5))
+    with torch.no_grad():
+        set_gates(model, 0.0)
+        gates_of(model)[0][1].mask.view(-1)[:alive] = 0.9
+    metrics = {}
+    with caplog.at_level(logging.INFO, logger="erasenet"):
+        schedule.end_epoch(metrics)  # the phase's last epoch: binarised either way
+    assert schedule.phase == "finetune" and metrics["gates_separated"] == (alive <= 50)
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    if alive <= 50:
+        assert not warned and metrics["relus"] == alive
+    else:
+        assert len(warned) == 1 and "did not separate" in warned[0] and "100 ReLUs per image still had a gate" \
+            in warned[0] and metrics["relus"] == 50

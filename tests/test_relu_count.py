@@ -5,7 +5,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from erasenet.erase import ErasePolicy, apply_erase
+from erasenet.erase import EraseReLU, ErasePolicy, apply_erase
 from erasenet.models import create_model
 from erasenet.erase.rectifiers import count_relus, rectifier_calls
 
@@ -39,7 +39,7 @@ def test_mlp12_on_mnist():
 ])
 def test_resnet20_erased(location, p, removed):
     model = _meta("resnet20")
-    apply_erase(model, ErasePolicy(location, p))
+    apply_erase(model, ErasePolicy(EraseReLU(location, p)))
     assert count_relus(model, (3, 32, 32)) == RESNET20 - removed
     if location == "all":
         assert count_relus(model, (3, 32, 32)) == STEM
@@ -47,13 +47,13 @@ def test_resnet20_erased(location, p, removed):
 
 def test_mlp12_half_erased():
     model = _meta("mlp12", in_chans=1)
-    apply_erase(model, ErasePolicy("last", 0.5))  # hidden layers 1, 3, 5, 7, 9, 11
+    apply_erase(model, ErasePolicy(EraseReLU("last", 0.5)))  # hidden layers 1, 3, 5, 7, 9, 11
     assert count_relus(model, (1, 28, 28)) == 5 * 1000
 
 
 def test_prelu_counts_like_the_relu_it_replaces():
     model = _meta("resnet20")
-    apply_erase(model, ErasePolicy("last", 1.0, "prelu"))
+    apply_erase(model, ErasePolicy(EraseReLU("last", 1.0), "prelu"))
     assert count_relus(model, (3, 32, 32)) == RESNET20
     assert {c.op.rstrip("_") for c in rectifier_calls(model, (3, 32, 32))} == {"relu", "prelu"}
 

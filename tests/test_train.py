@@ -156,7 +156,7 @@ def _sgd_step_without_gradient(optimizer):
 
 def test_prelu_slopes_escape_weight_decay_only_when_asked(make_cfg):
     from erasenet.training.engine import build_optimizer
-    from erasenet.erase import ErasePolicy, apply_erase
+    from erasenet.erase import EraseReLU, ErasePolicy, apply_erase
     from erasenet.models import create_model
 
     decayed, undecayed = (make_cfg("schedule=quick", f"schedule.prelu_weight_decay={v}").schedule
@@ -169,7 +169,7 @@ def test_prelu_slopes_escape_weight_decay_only_when_asked(make_cfg):
 
     torch.manual_seed(0)
     model = create_model("resnet20", num_classes=10)
-    apply_erase(model, ErasePolicy("all", 1.0, "prelu_channel"), input_shape=(3, 32, 32))
+    apply_erase(model, ErasePolicy(EraseReLU("all", 1.0), "prelu_channel"), input_shape=(3, 32, 32))
     slopes = [n for n, _ in model.named_parameters() if n.endswith(("act1.weight", "act_out.weight"))]
     assert len(slopes) == 18 and [n for n, _ in model.named_parameters() if n not in slopes] == names
     assert len(build_optimizer(model, decayed).param_groups) == 1

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn as nn
 
-from ..erase import ErasePolicy, apply_erase
+from ..erase import ErasePolicy, EraseReLU, apply_erase
 from ..erase.sites import Block
 
 if TYPE_CHECKING:
@@ -88,7 +88,7 @@ def measure(depth: int, erase: bool, *, seed: int = 0, points: int = 1000, width
     """Gradients df/dx over the grid and the last module's activation rates of one freshly initialised network."""
     torch.manual_seed(seed)
     model = ScalarResNet(depth, width)
-    record = apply_erase(model, ErasePolicy("last", proportion if erase else 0.0, "identity"))
+    record = apply_erase(model, ErasePolicy(EraseReLU("last", proportion if erase else 0.0)))
     model.requires_grad_(False)
     x = torch.linspace(-2.0, 2.0, points).unsqueeze(1).requires_grad_()
     last = model.layers[-1]

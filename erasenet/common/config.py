@@ -18,18 +18,10 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from .choices import GRANULARITIES, LOCATIONS, METHODS, REPLACEMENTS
 from .errors import UserError
 from .records import drop_metadata
 
-LOCATIONS = ("last", "first", "all")
-# What erase.replace puts in place of an erased ReLU (erasenet.erase builds them).
-REPLACEMENTS = {"identity": "nothing, the ReLU erased", "prelu": "a PReLU with one learned slope per site",
-                "prelu_channel": "a PReLU with one slope per channel"}
-# erase.method: which ReLUs a run changes (erasenet.erase, erasenet.erase.gates, erasenet.erase.cull).
-METHODS = {"erase": "EraseReLU's rule, erase.location in erase.proportion of the blocks",
-           "gates": "SNL: a learned gate on every ReLU, binarised to meet erase.budget",
-           "cull": "DeepReDuce: erase.cull_stages culled, the other stages thinned with erase.thin"}
-GRANULARITIES = ("channel", "element")
 DEVICES = ("auto", "cpu", "cuda")
 PROGRESS = ("auto", "on", "off")
 IMAGE_FOLDER_DATASETS = ("imagenet", "imagenet_subset")  # read from an ImageFolder tree through a DataLoader
@@ -40,8 +32,16 @@ SEED_LIMIT = 2**32  # seeds are 0 .. 2**32 - 1: what NumPy and scikit-learn acce
 BACKENDS = ("auto", "nccl", "gloo")
 AMP = ("auto", "bf16", "fp16", "off")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
-# Keys of a model config that describe the model's recipe rather than its builder's arguments.
-MODEL_META_KEYS = ("name", "warmup_iters")
+# Keys of a model config that are not its builder's arguments.
+MODEL_META_KEYS = ("name",)
+# A model key older runs recorded (the warm-up iterations he2016 read from the model); it lives in the schedule.
+LEGACY_MODEL_KEYS = ("warmup_iters",)
+# The erase keys of each method: another method's keys are no part of a run's experiment (``with_schema_defaults``
+# leaves them out), so a default of one method's knob can change without moving the other methods' stored runs.
+METHOD_KEYS = {"erase": ("location", "proportion"),
+               "gates": ("budget", "granularity", "gate_epochs", "penalty", "penalty_factor", "penalty_warmup",
+                         "threshold", "fill_budget"),
+               "cull": ("cull_stages", "thin")}
 
 
 @dataclass
@@ -53,12 +53,14 @@ class EraseConfig:
     method: str = "erase"  # erase (EraseReLU) | gates (SNL) | cull (DeepReDuce)
     budget: Optional[float] = None  # gates: ReLUs per image kept; <= 1 a fraction of the original's count
     granularity: str = "channel"  # gates: one gate per channel or per element of the activation map
-    gate_epochs: int = 20  # gates: most epochs of gate learning before the gates are binarised
+    gate_epochs: Optional[int] = None  # gates: most epochs of gate learning before binarising; null: half the epochs
     penalty: float = 1e-5  # gates: initial weight lambda of the L1 penalty lambda * sum |gate|
-    penalty_factor: float = 1.1  # gates: lambda *= this after an epoch whose count is no new low
-    penalty_warmup: int = 5  # gates: epochs of gate learning before lambda may rise
+    penalty_factor: Optional[float] = None  # gates: lambda *= this after an epoch whose count is no new low; null:
+    # what lets lambda grow by four decades within half the gate-learning epochs (SNL: 1.1)
+    penalty_warmup: int = 0  # gates: epochs of gate learning before lambda may rise (SNL: 5)
     threshold: float = 0.01  # gates: a gate above this counts as alive (and may survive binarisation)
-    fill_budget: bool = False  # gates: binarising also keeps gates below the threshold while the budget has room
+    fill_budget: bool = True  # gates: binarising also keeps gates below the threshold while the budget has room (SNL:
+    # false, an undershot budget left unused)
     cull_stages: list[int] = field(default_factory=list)  # cull: 1-based stages whose ReLUs are all erased
     thin: bool = False  # cull: erase every second ReLU site of the other stages
 
@@ -112,7 +114,7 @@ class ScheduleConfig:
     weight_decay: float = MISSING
     milestones: list[int] = MISSING  # epochs at which lr *= gamma
     gamma: float = MISSING
-    warmup_iters: int = MISSING  # iterations trained at warmup_lr before the schedule starts
+    warmup_iters: int = 0  # iterations trained at warmup_lr before the schedule starts (he2016_warmup: 400)
     warmup_lr: float = MISSING
     warmup: str = MISSING  # constant (He et al.) | linear (from warmup_lr up to lr)
     decay: str = "step"  # step: lr *= gamma at each milestone | cosine: from lr down to 0 over the epochs after warm-up
@@ -159,7 +161,7 @@ class PaperConfig:
 
 @dataclass
 class Config:
-    model: Any = MISSING  # {name: <registry name>, warmup_iters: int, **builder arguments}
+    model: Any = MISSING  # {name: <registry name>, **builder arguments}
     erase: EraseConfig = field(default_factory=EraseConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
@@ -172,7 +174,8 @@ class Config:
 
 def with_schema_defaults(config: dict) -> dict:
     """A run's stored config with the schema's default for every ``erase``, ``dataset`` and ``schedule`` key it
-    lacks.
+    lacks, and without the keys that do not shape it: the erase keys of other methods than its own, and
+    ``model.warmup_iters`` (recorded before it moved to the schedule, which holds the value that ran).
 
     A knob added to the schema defaults to the behaviour from before it existed, so a run recorded earlier ran
     with that default: filled in, its config still matches, and the run is neither trained again nor refused
@@ -185,6 +188,13 @@ def with_schema_defaults(config: dict) -> dict:
                             ("distill", DistillConfig)):
         if isinstance(filled.get(section), dict):
             filled[section] = {**_schema_defaults(schema), **filled[section]}
+    if isinstance(filled.get("erase"), dict):
+        erase = filled["erase"]
+        others = {k for method, keys in METHOD_KEYS.items() if method != erase.get("method") for k in keys}
+        mine = set(METHOD_KEYS.get(erase.get("method"), ()))
+        filled["erase"] = {k: v for k, v in erase.items() if k not in others - mine}
+    if isinstance(filled.get("model"), dict):
+        filled["model"] = {k: v for k, v in filled["model"].items() if k not in LEGACY_MODEL_KEYS}
     return filled
 
 
@@ -365,12 +375,13 @@ def check_method(cfg: DictConfig) -> None:
         if e.replace != "identity":
             _fail(f"erase.replace={e.replace} does not apply to erase.method=gates: a gate at 0 is the identity.",
                   "Leave erase.replace at identity.")
-        if not 1 <= e.gate_epochs < cfg.schedule.epochs:
+        if not 1 <= (cfg.schedule.epochs // 2 if e.gate_epochs is None else e.gate_epochs) < cfg.schedule.epochs:
             _fail(f"erase.gate_epochs={e.gate_epochs} with schedule.epochs={cfg.schedule.epochs}: gate learning "
                   f"needs at least one epoch and the binarised network at least one epoch of fine-tuning.",
-                  f"Use 1 <= erase.gate_epochs < schedule.epochs, e.g. "
-                  f"erase.gate_epochs={cfg.schedule.epochs // 2 or 1}.")
-        if e.penalty <= 0 or e.penalty_factor < 1 or e.penalty_warmup < 0 or not 0 <= e.threshold < 1:
+                  f"Use 1 <= erase.gate_epochs < schedule.epochs, e.g. erase.gate_epochs=null (half of the "
+                  f"epochs), with schedule.epochs of 2 or more.")
+        if e.penalty <= 0 or (e.penalty_factor is not None and e.penalty_factor < 1) or e.penalty_warmup < 0 or \
+                not 0 <= e.threshold < 1:
             _fail(f"erase.penalty={e.penalty}, erase.penalty_factor={e.penalty_factor}, erase.penalty_warmup="
                   f"{e.penalty_warmup}, erase.threshold={e.threshold}.",
                   "Use penalty > 0, penalty_factor >= 1, penalty_warmup >= 0 and 0 <= threshold < 1 (SNL: 1e-5, "

@@ -13,15 +13,19 @@ parent (an MLP, a plain stack) is one stage.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
+from .replacements import Replacement
+from .sites import Site, Sites
 
-def stages(blocks: Sequence[tuple[str, Sequence[str]]]) -> list[list[int]]:
-    """The 0-based indices of ``blocks`` (name, sites) grouped into stages: consecutive blocks whose names share
-    the parent module."""
+
+def stages(block_names: Sequence[str]) -> list[list[int]]:
+    """The 0-based indices of the blocks named ``block_names`` grouped into stages: consecutive blocks whose names
+    share the parent module."""
     grouped: list[list[int]] = []
     parent = None
-    for i, (name, _) in enumerate(blocks):
+    for i, name in enumerate(block_names):
         this = name.rpartition(".")[0]
         if not grouped or this != parent:
             grouped.append([])
@@ -30,23 +34,41 @@ def stages(blocks: Sequence[tuple[str, Sequence[str]]]) -> list[list[int]]:
     return grouped
 
 
-def choose_sites(blocks: Sequence[tuple[str, Sequence[str]]], fixed: Sequence[str], cull_stages: Sequence[int],
-                 thin: bool, fixed_sites: bool) -> list[str]:
-    """The site names culling and thinning erase, in forward order of ``blocks`` then ``fixed``."""
-    groups = stages(blocks)
-    unknown = [s for s in cull_stages if not 1 <= s <= len(groups)]
-    if unknown:
-        names = ", ".join(f"{k + 1}: {blocks[g[0]][0].rpartition('.')[0] or '(top level)'}"
-                          for k, g in enumerate(groups))
-        raise ValueError(f"erase.cull_stages={list(cull_stages)} names stage(s) {unknown} the network does not have; "
-                         f"its {len(groups)} stage(s) are {names}")
-    chosen: list[str] = []
-    for k, group in enumerate(groups):
-        sites = [s for i in group for s in blocks[i][1]]
-        if k + 1 in cull_stages:
-            chosen += sites
-        elif thin:
-            chosen += sites[1::2]
-    if fixed_sites:
-        chosen += list(fixed)
-    return chosen
+@dataclass(frozen=True)
+class Cull:
+    """``erase.method=cull``: ``stages`` (1-based) culled; with ``thin``, every second site of the others."""
+
+    stages: tuple[int, ...] = ()
+    thin: bool = False
+
+    name = "cull"
+
+    @classmethod
+    def from_config(cls, erase: dict) -> "Cull":
+        return cls(tuple(erase.get("cull_stages", ())), bool(erase.get("thin", False)))
+
+    def choose(self, sites: Sites, fixed_sites: bool) -> list[Site]:
+        groups = stages([b.name for b in sites.blocks])
+        unknown = [s for s in self.stages if not 1 <= s <= len(groups)]
+        if unknown:
+            names = ", ".join(f"{k + 1}: {sites.blocks[g[0]].name.rpartition('.')[0] or '(top level)'}"
+                              for k, g in enumerate(groups))
+            raise ValueError(f"erase.cull_stages={list(self.stages)} names stage(s) {unknown} the network does not "
+                             f"have; its {len(groups)} stage(s) are {names}")
+        chosen: list[Site] = []
+        for k, group in enumerate(groups):
+            in_stage = [s for i in group for s in sites.blocks[i].sites]
+            if k + 1 in self.stages:
+                chosen += in_stage
+            elif self.thin:
+                chosen += in_stage[1::2]
+        return chosen + (sites.fixed if fixed_sites else [])
+
+    def replacement(self, replace: Replacement) -> Replacement:
+        return replace
+
+    def record(self) -> dict:
+        return {"cull_stages": list(self.stages), "thin": self.thin}
+
+    def describe(self) -> str:
+        return f"stages {list(self.stages) or 'none'} culled{', the rest thinned' if self.thin else ''}"

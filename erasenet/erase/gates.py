@@ -22,16 +22,19 @@ A gate at 0 makes its ReLUs the identity and costs nothing; a gate at 1 costs on
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
 import torch.nn as nn
 
+from ..common.choices import GRANULARITIES
 from .rectifiers import count_relus, shapes_seen
+from .replacements import Replacement
+from .sites import Site, Sites
 
 log = logging.getLogger("erasenet")
 
-GRANULARITIES = ("channel", "element")
 PHASES = ("gates", "finetune")
 
 
@@ -96,6 +99,53 @@ def shape_gates(model: nn.Module, gates: Sequence[Gate], input_shape: Sequence[i
             gate.mask = nn.Parameter(gate.mask.to("meta"))
 
 
+@dataclass(frozen=True)
+class Gates:
+    """``erase.method=gates``: a gate on every site, fixed sites included; binarised to keep ``budget`` ReLUs per
+    image (<= 1: a fraction of the original's). The gate schedule's keys are :class:`GateSchedule`'s."""
+
+    budget: float
+    granularity: str = "channel"
+
+    name = "gates"
+
+    @classmethod
+    def from_config(cls, erase: dict) -> "Gates":
+        return cls(erase["budget"], erase.get("granularity", "channel"))
+
+    def choose(self, sites: Sites, fixed_sites: bool) -> list[Site]:
+        return sites.sites  # every site: the gates learn which to keep
+
+    def replacement(self, replace: Replacement) -> Replacement:
+        """A gate between the ReLU and ``replace`` (so far only the identity: ``1 - m`` passes ``x`` through)."""
+        return Replacement(lambda: Gate(self.granularity), shape_gates)
+
+    def record(self) -> dict:
+        return {"budget": self.budget, "granularity": self.granularity}
+
+    def describe(self) -> str:
+        return (f"gated per {self.granularity}, budget {self.budget:g} ReLUs per image"
+                f"{' of the original' if self.budget <= 1 else ''}")
+
+
+def gate_epochs(configured: int | None, epochs: int | None) -> int:
+    """``erase.gate_epochs``, or with null half of the run's ``epochs`` (at least one), so that gate learning and
+    fine-tuning fit any schedule."""
+    if configured is not None:
+        return int(configured)
+    if epochs is None:
+        raise ValueError("erase.gate_epochs=null is half of schedule.epochs: pass the run's epochs")
+    return max(1, epochs // 2)
+
+
+def climb_factor(gate_epochs: int) -> float:
+    """The default ``erase.penalty_factor``: what lets lambda grow by four decades within half the gate-learning
+    epochs, so that the penalty starting at SNL's 1e-5 finds the scale where the gates move, whatever the learning
+    rate, the steps per epoch and the optimizer (SGD moves a gate by lr * lambda / (1 - momentum) a step, Adam by
+    about lr)."""
+    return min(100.0, 1e4 ** (2 / gate_epochs))
+
+
 def resolve_budget(budget: float, original: int) -> int:
     """A budget of ReLUs per image: a fraction (<= 1) of the original network's ``original``, or a count."""
     return int(budget * original) if budget <= 1 else int(budget)
@@ -107,16 +157,17 @@ class GateSchedule:
     Its state (``state_dict``) travels in the run's checkpoints; with the model's masks it is all a resume needs.
     """
 
-    def __init__(self, model: nn.Module, erase: dict, input_shape: Sequence[int]):
+    def __init__(self, model: nn.Module, erase: dict, input_shape: Sequence[int], epochs: int | None = None):
         self.model = model
         self.gates = [g for _, g in gates_of(model)]
         if not self.gates:
             raise ValueError("erase.method=gates found no ReLU site to gate")
         self.threshold = float(erase["threshold"])
-        self.fill_budget = bool(erase.get("fill_budget", False))
-        self.factor = float(erase["penalty_factor"])
+        self.fill_budget = bool(erase.get("fill_budget", True))
         self.warmup = int(erase["penalty_warmup"])
-        self.max_epochs = int(erase["gate_epochs"])
+        self.max_epochs = gate_epochs(erase.get("gate_epochs"), epochs)
+        factor = erase.get("penalty_factor")
+        self.factor = climb_factor(self.max_epochs) if factor is None else float(factor)
         self.phase = "gates"
         self.penalty = float(erase["penalty"])
         self.phase_epochs = 0  # gate-learning epochs done
@@ -135,6 +186,12 @@ class GateSchedule:
         if self.budget < self.ungated:
             raise ValueError(f"erase.budget={erase['budget']:g} allows {self.budget:,} ReLUs per image, fewer than "
                              f"the {self.ungated:,} no gate covers; raise the budget")
+        if self.budget >= self.original:
+            raise ValueError(f"erase.budget={erase['budget']:g} keeps {self.budget:,} ReLUs per image, but the network "
+                             f"has {self.original:,}: at or above its count, no gate would ever close and the run "
+                             f"would file an unreduced network under that budget. Give a budget below "
+                             f"{self.original:,}, e.g. erase.budget={self.original // 2} or a fraction such as "
+                             f"erase.budget=0.5")
 
     # --- the penalty term the training loop adds to its loss ---------------------------------------------------
 
@@ -171,9 +228,22 @@ class GateSchedule:
             elif self.phase_epochs > self.warmup:
                 self.penalty *= self.factor
             if count <= self.budget or self.phase_epochs >= self.max_epochs:
+                metrics["gates_separated"] = separated = count <= self.budget
+                values = torch.cat([g.mask.detach().flatten().float().cpu() for g in self.gates])
+                low, high = float((values <= self.threshold).float().mean()), float((values > 0.5).float().mean())
                 self.binarise()
                 log.info("gates binarised after %d epoch(s): %s ReLUs per image (budget %s, %s above the "
-                         "threshold)", self.phase_epochs, f"{self.relus():,}", f"{self.budget:,}", f"{count:,}")
+                         "threshold; of the gate entries %.0f%% were at or below it and %.0f%% above 0.5)",
+                         self.phase_epochs, f"{self.relus():,}", f"{self.budget:,}", f"{count:,}", 100 * low,
+                         100 * high)
+                if not separated:
+                    log.warning(
+                        "the gates did not separate: after %d epoch(s) of gate learning %s ReLUs per image still had "
+                        "a gate above erase.threshold=%g, more than the budget of %s, so binarising kept the highest "
+                        "of gates that had not learned to part (a ranking of little more than noise). Give the "
+                        "penalty more room: a larger erase.penalty (it reached %.3g), erase.penalty_factor or "
+                        "erase.gate_epochs", self.phase_epochs, f"{count:,}", self.threshold, f"{self.budget:,}",
+                        metrics["gate_penalty"])
         metrics["relus"] = self.relus()
 
     @torch.no_grad()
@@ -212,8 +282,10 @@ class GateSchedule:
             self.freeze()
 
 
-def gate_schedule(model: nn.Module, erase: dict, input_shape: Sequence[int]) -> GateSchedule | None:
-    """The schedule of a run with ``erase.method=gates``; None for any other method."""
+def gate_schedule(model: nn.Module, erase: dict, input_shape: Sequence[int],
+                  epochs: int | None = None) -> GateSchedule | None:
+    """The schedule of a run with ``erase.method=gates`` (``epochs``: the run's, for ``erase.gate_epochs=null``);
+    None for any other method."""
     if erase.get("method", "erase") != "gates":
         return None
-    return GateSchedule(model, erase, input_shape)
+    return GateSchedule(model, erase, input_shape, epochs)

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import operator
 from collections import Counter, defaultdict
-from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import torch
@@ -31,10 +30,14 @@ import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .sites import Site, SiteBlock, Sites
+
 _FUNCTIONAL_RELU = {F.relu: "relu", torch.relu: "relu", torch.relu_: "relu_", F.relu_: "relu_"}
 _FUNCTIONAL_RELU6 = {F.relu6: "relu6"}
 _RELU_METHODS = {"relu", "relu_"}
 _ADDITIONS = {operator.add, operator.iadd, torch.add}
+
+_NO_LAST = "has no activation right after its residual addition; erase another site with first or all"
 
 ACTIVATION_NAMES: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "relu6": nn.ReLU6}
 
@@ -67,47 +70,6 @@ def resolve_activations(names: str | Sequence[str | type[nn.Module]]) -> tuple[t
             raise ValueError(f"unknown activation {item!r}: use relu, relu6 or a dotted class path "
                              f"such as torch.nn.SiLU")
     return tuple(classes)
-
-
-@dataclass(frozen=True)
-class CallSite:
-    """One activation call. ``target``: the module's qualified name, or ``<owner>:<function>`` for a functional
-    call; ``call``: 1-based among the forward pass's calls of that target; ``calls``: how many there are."""
-
-    target: str
-    call: int
-    calls: int
-    owner: str  # the module whose forward makes the call ("" for the top level)
-    functional: bool
-
-    @property
-    def name(self) -> str:
-        return self.target if self.calls == 1 else f"{self.target}#{self.call}"
-
-
-@dataclass(frozen=True)
-class GraphBlock:
-    name: str
-    sites: tuple[CallSite, ...]
-    ends_with_site: bool  # the last site takes the residual sum
-
-    @property
-    def site_names(self) -> list[str]:
-        return [s.name for s in self.sites]
-
-
-@dataclass
-class GraphSites:
-    """What ``analyse`` found: the blocks in depth order and the fixed sites, in forward order."""
-
-    blocks: list[GraphBlock]
-    fixed: list[CallSite]
-    residual: bool  # False: no residual addition, one block per activation call
-    activations: tuple[type[nn.Module], ...] = field(default=(nn.ReLU,))
-
-    @property
-    def sites(self) -> list[CallSite]:
-        return [s for b in self.blocks for s in b.sites] + self.fixed
 
 
 class _Tracer(fx.Tracer):
@@ -216,7 +178,7 @@ def _activation_nodes(graph: fx.Graph, modules: dict[str, nn.Module],
     return found
 
 
-def analyse(model: nn.Module, activations: Sequence[type[nn.Module]] = (nn.ReLU,)) -> GraphSites:
+def analyse(model: nn.Module, activations: Sequence[type[nn.Module]] = (nn.ReLU,)) -> Sites:
     """Blocks and sites of ``model`` (see the module docstring for the rules)."""
     activations = tuple(activations)
     graph = trace(model, activations)
@@ -224,15 +186,16 @@ def analyse(model: nn.Module, activations: Sequence[type[nn.Module]] = (nn.ReLU,
     calls = _activation_nodes(graph, modules, activations)
     totals = Counter(target for _, target in calls)
     seen: Counter = Counter()
-    sites: list[tuple[fx.Node, CallSite]] = []
+    sites: list[tuple[fx.Node, Site]] = []
     for node, target in calls:
         seen[target] += 1
-        sites.append((node, CallSite(target, seen[target], totals[target], _owner(node), node.op != "call_module")))
+        sites.append((node, Site(target, seen[target], totals[target], _owner(node), node.op != "call_module")))
 
     units = _residual_units(graph)
     if not units:  # VGG and other plain stacks: every activation call is a block of its own
-        blocks = [GraphBlock(site.name, (site,), True) for _, site in sites]
-        return GraphSites(blocks, [], residual=False, activations=activations)
+        blocks = [SiteBlock(site.name, (site,), True) for _, site in sites]
+        return Sites(blocks, [], [site for _, site in sites], residual=False, activations=activations,
+                     how="found from the graph: no residual addition, one block per activation call")
 
     unit_types = {type(model.get_submodule(name)) for name in units}
     entered: dict[str, int] = {}
@@ -247,7 +210,7 @@ def analyse(model: nn.Module, activations: Sequence[type[nn.Module]] = (nn.ReLU,
             if inner != outer and inner.startswith(outer + "."):
                 raise AnalysisError(f"residual unit {inner} lies inside residual unit {outer}; erasenet cannot "
                                     f"tell which of the two a site belongs to")
-    members: dict[str, list[CallSite]] = defaultdict(list)
+    members: dict[str, list[Site]] = defaultdict(list)
     ends: dict[str, bool] = {}
     fixed = []
     for node, site in sites:
@@ -259,8 +222,10 @@ def analyse(model: nn.Module, activations: Sequence[type[nn.Module]] = (nn.ReLU,
         members[block].append(site)
         last_add = units.get(block)
         ends[block] = last_add is not None and node.args and node.args[0] is last_add
-    blocks = [GraphBlock(name, tuple(members[name]), ends.get(name, False)) for name in block_names if members[name]]
-    return GraphSites(blocks, fixed, residual=True, activations=activations)
+    blocks = [SiteBlock(name, tuple(members[name]), ends.get(name, False), _NO_LAST)
+              for name in block_names if members[name]]
+    return Sites(blocks, fixed, [site for _, site in sites], residual=True, activations=activations,
+                 how="found from the graph: residual units")
 
 
 def _residual_units(graph: fx.Graph) -> dict[str, fx.Node]:
@@ -278,26 +243,27 @@ def _residual_units(graph: fx.Graph) -> dict[str, fx.Node]:
 
 # --- erasing ----------------------------------------------------------------------------------------------------
 
-def erase_calls(model: nn.Module, found: GraphSites, chosen: Sequence[CallSite],
+def erase_calls(model: nn.Module, found: Sites, chosen: Sequence[Site],
                 make_replacement: Callable[[], nn.Module]) -> None:
     """Replace the ``chosen`` activation calls of ``model`` in place by ``make_replacement()`` (identity or a
-    fresh module per call), leaving every other call as it is."""
-    rewrite: dict[str, list[CallSite]] = defaultdict(list)
+    fresh module per call), leaving every other call as it is. Declared sites are module calls: swapped."""
+    rewrite: dict[str, list[Site]] = defaultdict(list)
     for site in chosen:
-        if site.functional or site.calls > 1:
+        if not site.swaps_module:
             rewrite[site.owner].append(site)
     for owner, sites in rewrite.items():
         _rewrite_owner(model, owner, sites, found.activations, make_replacement)
     for site in chosen:
-        if not (site.functional or site.calls > 1):
+        if site.swaps_module:
             parent_name, _, leaf = site.target.rpartition(".")
             parent = model.get_submodule(parent_name)
             if not isinstance(getattr(parent, leaf), found.activations):
-                raise AnalysisError(f"site {site.name} is no longer an activation module; was it erased twice?")
+                raise AnalysisError(f"site {site.name} is a {type(getattr(parent, leaf)).__name__}, not an activation "
+                                    f"module: a declared site that breaks the ReLU-site contract, or one erased twice")
             setattr(parent, leaf, make_replacement())
 
 
-def _rewrite_owner(model: nn.Module, owner: str, sites: list[CallSite], activations: tuple[type[nn.Module], ...],
+def _rewrite_owner(model: nn.Module, owner: str, sites: list[Site], activations: tuple[type[nn.Module], ...],
                    make_replacement: Callable[[], nn.Module]) -> None:
     if not owner:
         raise AnalysisError(f"{', '.join(s.name for s in sites)}: erasing one call of a module the top-level forward "

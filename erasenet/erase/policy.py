@@ -1,90 +1,26 @@
-"""The erase policy: which blocks, which ReLU site in each, and what replaces it.
+"""The erase policy: which sites change, and what replaces them; one planner for every method and network.
 
 It knows no architecture. A zoo model declares its sites (the ReLU-site contract of ``erasenet.erase.sites``);
-any other network is analysed from its computation graph (``erasenet.erase.graph_sites``).
+any other network is analysed from its computation graph (``erasenet.erase.graph_sites``). Either way the planner
+reads one :class:`~erasenet.erase.sites.Sites`, asks the policy's method which of them change, and swaps them.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from fractions import Fraction
 import math
 
-from typing import Sequence
+from typing import Protocol, Sequence, Union
 
 import torch.nn as nn
 
-from . import cull, graph_sites
-from .gates import Gate, shape_gates
-from .sites import declared_sites, fixed_sites, iter_blocks
-from .rectifiers import shapes_seen
-
-# What an erased site becomes: nothing (EraseReLU), or a PReLU with learned slopes initialised at 0.25: one per
-# site, or one per channel of the tensor the site sees (He et al. 2015), set by ``_slope_per_channel``.
-REPLACEMENTS: dict[str, type[nn.Module]] = {"identity": nn.Identity, "prelu": nn.PReLU,
-                                             "prelu_channel": nn.PReLU}
-
-
-@dataclass(frozen=True)
-class ErasePolicy:
-    """``location``: ``last``, ``first``, ``all`` or a 1-based site index within each block (``"2"``).
-
-    ``method``: ``erase`` (EraseReLU's rule: ``location`` in a ``proportion`` of the blocks), ``gates`` (an SNL
-    gate on every site, ``erasenet.erase.gates``) or ``cull`` (DeepReDuce's culling and thinning,
-    ``erasenet.erase.cull``).
-    """
-
-    location: str = "last"
-    proportion: float = 0.0
-    replace: str = "identity"
-    fixed_sites: bool = False  # also change the rectifiers outside every block (a stem's, a pre-activation head's)
-    method: str = "erase"
-    budget: float | None = None  # gates: ReLUs per image kept (<= 1: a fraction of the original's)
-    granularity: str = "channel"  # gates: one per channel or per element
-    cull_stages: Sequence[int] = ()  # cull: 1-based stages whose ReLUs are all erased
-    thin: bool = False  # cull: erase every second ReLU site of the other stages
-
-    @classmethod
-    def from_config(cls, erase: dict) -> "ErasePolicy":
-        """The policy of an ``erase`` config node (its training-schedule keys, such as the gates' penalty, are
-        the training loop's)."""
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: (tuple(v) if k == "cull_stages" else v) for k, v in erase.items() if k in names})
-
-
-@dataclass
-class EraseRecord:
-    """Exactly which sites the policy changed, and into what."""
-
-    policy: ErasePolicy
-    num_blocks: int
-    blocks: list[int] = field(default_factory=list)  # 1-indexed, as in the paper
-    sites: list[str] = field(default_factory=list)
-
-    def as_dict(self) -> dict:
-        p = self.policy
-        record = {"location": p.location, "proportion": p.proportion, "replace": p.replace,
-                  "fixed_sites": p.fixed_sites, "num_blocks": self.num_blocks, "blocks": self.blocks,
-                  "sites": self.sites, "method": p.method}
-        if p.method == "gates":
-            record.update(budget=p.budget, granularity=p.granularity)
-        elif p.method == "cull":
-            record.update(cull_stages=list(p.cull_stages), thin=p.thin)
-        return record
-
-    def summary(self) -> str:
-        p = self.policy
-        if p.method == "gates":
-            return (f"gates: {len(self.sites)} site(s) gated per {p.granularity}, budget {p.budget:g} ReLUs per "
-                    f"image{' of the original' if p.budget <= 1 else ''}: " + ", ".join(self.sites))
-        if p.method == "cull":
-            return (f"cull: {len(self.sites)} site(s) -> {p.replace} (stages {list(p.cull_stages) or 'none'} culled"
-                    f"{', the rest thinned' if p.thin else ''}){': ' if self.sites else ''}" + ", ".join(self.sites))
-        if not self.sites:
-            return f"erase: nothing changed ({self.num_blocks} blocks, proportion {self.policy.proportion:g})"
-        return (f"erase: {len(self.sites)} site(s) -> {self.policy.replace} in {len(self.blocks)}/{self.num_blocks} "
-                f"blocks (location {self.policy.location}, proportion {self.policy.proportion:g}): "
-                + ", ".join(self.sites))
+from ..common.choices import METHODS as METHOD_NAMES
+from . import graph_sites
+from .cull import Cull
+from .gates import Gates
+from .replacements import Replacement, replacement
+from .sites import Site, SiteBlock, Sites, declared, iter_blocks
 
 
 def select_blocks(num_blocks: int, proportion: float) -> list[int]:
@@ -101,47 +37,120 @@ def select_blocks(num_blocks: int, proportion: float) -> list[int]:
     return [i + 1 for i in range(num_blocks) if math.floor(i * p) > math.floor((i - 1) * p)]
 
 
-def _pick(block_name: str, sites: Sequence, names: list[str], ends_with_site: bool, location: str,
-          last_hint: str) -> list:
-    """The entries of ``sites`` (named ``names``) that ``location`` chooses in one block."""
-    if not sites:
-        raise ValueError(f"block {block_name!r} declares no ReLU site to erase")
-    if location == "last" and not ends_with_site:
-        raise ValueError(f"erase.location=last names the ReLU a block ends with, but block {block_name!r} "
-                         f"{last_hint}, or name its site by index (erase.location=1..{len(sites)}, "
-                         f"sites {', '.join(names)})")
-    if location == "last":
-        return [sites[-1]]
-    if location == "first":
-        return [sites[0]]
-    if location == "all":
-        return list(sites)
-    if location.isdigit() and 1 <= int(location) <= len(sites):
-        return [sites[int(location) - 1]]
-    raise ValueError(f"erase.location={location!r} does not exist in block {block_name!r}, whose sites are "
-                     f"{', '.join(names)}; use last, first, all or a site index 1..{len(sites)}")
+@dataclass(frozen=True)
+class EraseReLU:
+    """``erase.method=erase``, EraseReLU's rule: ``location`` (``last``, ``first``, ``all`` or a 1-based site index
+    within each block, ``"2"``) in a ``proportion`` of the blocks, evenly spread (:func:`select_blocks`)."""
+
+    location: str = "last"
+    proportion: float = 0.0
+
+    name = "erase"
+
+    @classmethod
+    def from_config(cls, erase: dict) -> "EraseReLU":
+        return cls(erase.get("location", "last"), erase.get("proportion", 0.0))
+
+    def choose(self, sites: Sites, fixed_sites: bool) -> list[Site]:
+        chosen = [site for index in select_blocks(len(sites.blocks), self.proportion)
+                  for site in self._pick(sites.blocks[index - 1])]
+        return chosen + (sites.fixed if fixed_sites else [])
+
+    def _pick(self, block: SiteBlock) -> list[Site]:
+        sites, location = block.sites, self.location
+        if not sites:
+            raise ValueError(f"block {block.name!r} declares no ReLU site to erase")
+        if location == "last" and not block.ends_with_site:
+            raise ValueError(f"erase.location=last names the ReLU a block ends with, but block {block.name!r} "
+                             f"{block.no_last}, or name its site by index (erase.location=1..{len(sites)}, "
+                             f"sites {', '.join(block.site_names)})")
+        if location == "last":
+            return [sites[-1]]
+        if location == "first":
+            return [sites[0]]
+        if location == "all":
+            return list(sites)
+        if location.isdigit() and 1 <= int(location) <= len(sites):
+            return [sites[int(location) - 1]]
+        raise ValueError(f"erase.location={location!r} does not exist in block {block.name!r}, whose sites are "
+                         f"{', '.join(block.site_names)}; use last, first, all or a site index 1..{len(sites)}")
+
+    def replacement(self, replace: Replacement) -> Replacement:
+        return replace
+
+    def record(self) -> dict:
+        return {"location": self.location, "proportion": self.proportion}
+
+    def describe(self) -> str:
+        return f"location {self.location}, proportion {self.proportion:g}"
 
 
-def _check_replacement(kind: str, input_shape: Sequence[int] | None, method: str = "erase") -> None:
-    if method == "gates" and input_shape is None:
-        raise ValueError("erase.method=gates gives each gate the shape of the tensor it sees, which a forward pass "
-                         "finds: pass input_shape=(C, H, W), the shape of one input image")
-    if kind not in REPLACEMENTS:
-        raise ValueError(f"erase.replace must be one of {', '.join(REPLACEMENTS)}, got {kind!r}")
-    if kind == "prelu_channel" and input_shape is None:
-        raise ValueError("erase.replace=prelu_channel gives each site one slope per channel of the tensor it sees, "
-                         "which a forward pass finds: pass input_shape=(C, H, W), the shape of one input image")
+class Method(Protocol):
+    """What a method says: which sites change (``choose``), what stands in them (``replacement``, given the
+    ``erase.replace`` entry), and how its record and log line read."""
+
+    name: str
+
+    def choose(self, sites: Sites, fixed_sites: bool) -> list[Site]: ...
+
+    def replacement(self, replace: Replacement) -> Replacement: ...
+
+    def record(self) -> dict: ...
+
+    def describe(self) -> str: ...
 
 
-def _slope_per_channel(model: nn.Module, prelus: list[nn.Module], input_shape: Sequence[int]) -> None:
-    """Swap each of ``prelus`` (one shared slope, already in ``model``) for a PReLU with one slope (0.25) per
-    channel (dim 1) of its input, read off one forward pass on the meta device."""
-    shapes = shapes_seen(model, prelus, input_shape, "erase.replace=prelu_channel")
-    names = {id(m): name for name, m in model.named_modules()}
-    for prelu, shape in zip(prelus, shapes):
-        parent_name, _, leaf = names[id(prelu)].rpartition(".")
-        channels = shape[1] if len(shape) > 1 else 1
-        setattr(model.get_submodule(parent_name), leaf, nn.PReLU(num_parameters=channels, init=0.25))
+AnyMethod = Union[EraseReLU, Gates, Cull]
+_METHODS: dict[str, type] = {"erase": EraseReLU, "gates": Gates, "cull": Cull}
+# One settings class per name the config accepts; a name without one fails here, at import.
+METHODS: dict[str, type] = {name: _METHODS[name] for name in METHOD_NAMES}
+
+
+@dataclass(frozen=True)
+class ErasePolicy:
+    """The part every method shares (``replace``: an ``erase.replace`` name; ``fixed_sites``: also change the
+    rectifiers outside every block, a stem's or a pre-activation head's) and the method's own settings."""
+
+    method: AnyMethod = EraseReLU()
+    replace: str = "identity"
+    fixed_sites: bool = False
+
+    @classmethod
+    def from_config(cls, erase: dict) -> "ErasePolicy":
+        """The policy of an ``erase`` config node (its training-schedule keys, such as the gates' penalty, are
+        the training loop's)."""
+        method = METHODS[erase.get("method", "erase")].from_config(erase)
+        return cls(method, erase.get("replace", "identity"), bool(erase.get("fixed_sites", False)))
+
+    def replacement(self) -> Replacement:
+        return self.method.replacement(replacement(self.replace))
+
+
+@dataclass
+class EraseRecord:
+    """Exactly which sites the policy changed, and into what."""
+
+    policy: ErasePolicy
+    num_blocks: int
+    blocks: list[int] = field(default_factory=list)  # 1-indexed, as in the paper: those with a changed site
+    sites: list[str] = field(default_factory=list)  # in forward order
+
+    def as_dict(self) -> dict:
+        """What ``result.json`` keeps as ``erase``. Every record has EraseReLU's ``location`` and ``proportion`` (a
+        budgeted method's are the unused defaults, proportion 0), as records always had, for the readers of old and
+        new runs alike."""
+        p = self.policy
+        return {"method": p.method.name, **EraseReLU().record(), **p.method.record(), "replace": p.replace,
+                "fixed_sites": p.fixed_sites, "num_blocks": self.num_blocks, "blocks": self.blocks,
+                "sites": self.sites}
+
+    def summary(self) -> str:
+        p = self.policy
+        into = "gates" if p.method.name == "gates" else p.replace
+        if not self.sites:
+            return f"{p.method.name}: nothing changed ({self.num_blocks} blocks, {p.method.describe()})"
+        return (f"{p.method.name}: {len(self.sites)} site(s) -> {into} in {len(self.blocks)}/{self.num_blocks} "
+                f"blocks ({p.method.describe()}): " + ", ".join(self.sites))
 
 
 def declares_sites(model: nn.Module) -> bool:
@@ -156,62 +165,36 @@ def model_activations(model: nn.Module, activations: Sequence | None = None) -> 
     return graph_sites.resolve_activations(chosen) if chosen is not None else (nn.ReLU,)
 
 
-def _plan_budgeted(blocks: list[tuple[str, list[str]]], fixed: list[str], policy: ErasePolicy) -> EraseRecord:
-    """Gates: every site; cull: the sites of the culled stages and every second one of the rest (thin)."""
-    if policy.method == "gates":
-        chosen = [s for _, sites in blocks for s in sites] + list(fixed)
-    else:
-        chosen = cull.choose_sites(blocks, fixed, policy.cull_stages, policy.thin, policy.fixed_sites)
+def find_sites(model: nn.Module, activations: Sequence | None = None) -> Sites:
+    """The sites of ``model``: declared by its blocks (a zoo model), else found from its graph."""
+    if declares_sites(model):
+        return declared(model)
+    return graph_sites.analyse(model, model_activations(model, activations))
+
+
+def plan(sites: Sites, policy: ErasePolicy) -> tuple[EraseRecord, list[Site]]:
+    """The one planner: the method chooses, the record lists the chosen sites in forward order."""
+    chosen = sites.in_forward_order(list(dict.fromkeys(policy.method.choose(sites, policy.fixed_sites))))
     picked = set(chosen)
-    return EraseRecord(policy, len(blocks), [i + 1 for i, (_, sites) in enumerate(blocks) if picked & set(sites)],
-                       chosen)
+    blocks = [i + 1 for i, block in enumerate(sites.blocks) if picked.intersection(block.sites)]
+    return EraseRecord(policy, len(sites.blocks), blocks, [s.name for s in chosen]), chosen
 
 
-def _plan_declared(model: nn.Module, policy: ErasePolicy) -> EraseRecord:
-    blocks = list(iter_blocks(model))
-    if policy.method != "erase":
-        return _plan_budgeted([(name, [f"{name}.{s}" for s in block.sites]) for name, block in blocks],
-                              fixed_sites(model), policy)
-    record = EraseRecord(policy, len(blocks))
-    for index in select_blocks(len(blocks), policy.proportion):
-        name, block = blocks[index - 1]
-        # EraseReLU's "last" is the ReLU a block ends with; a pre-activation block ends with a convolution.
-        hint = (f"({type(block).__name__}) ends with a convolution; build its after-activation form "
-                f"(model.form=post), as EraseReLU does")
-        chosen = _pick(name, block.sites, list(block.sites), block.ends_with_site, policy.location, hint)
-        record.sites += [f"{name}.{s}" for s in chosen]
-        record.blocks.append(index)
-    if policy.fixed_sites:
-        record.sites = [s for s in declared_sites(model) if s in set(record.sites) | set(fixed_sites(model))]
-    return record
-
-
-def _plan_found(found: graph_sites.GraphSites, policy: ErasePolicy) -> tuple[EraseRecord, list]:
-    if policy.method != "erase":
-        record = _plan_budgeted([(b.name, b.site_names) for b in found.blocks], [s.name for s in found.fixed], policy)
-        by_name = {s.name: s for s in found.sites}
-        return record, [by_name[name] for name in record.sites]
-    record, chosen = EraseRecord(policy, len(found.blocks)), []
-    for index in select_blocks(len(found.blocks), policy.proportion):
-        block = found.blocks[index - 1]
-        hint = "has no activation right after its residual addition; erase another site with first or all"
-        picked = _pick(block.name, block.sites, block.site_names, block.ends_with_site, policy.location, hint)
-        chosen += picked
-        record.sites += [s.name for s in picked]
-        record.blocks.append(index)
-    if policy.fixed_sites:
-        chosen += found.fixed
-        record.sites += [s.name for s in found.fixed]
-    return record, chosen
+def _check(policy: ErasePolicy, input_shape: Sequence[int] | None) -> Replacement:
+    made = policy.replacement()
+    if made.needs_input_shape and input_shape is None:
+        what = "erase.method=gates gives each gate" if policy.method.name == "gates" else \
+            f"erase.replace={policy.replace} gives each new module"
+        raise ValueError(f"{what} the shape of the tensor its site sees, which a forward pass finds: pass "
+                         f"input_shape=(C, H, W), the shape of one input image")
+    return made
 
 
 def plan_erase(model: nn.Module, policy: ErasePolicy, activations: Sequence | None = None, *,
                input_shape: Sequence[int] | None = None) -> EraseRecord:
     """The record ``apply_erase`` would return, leaving ``model`` unchanged."""
-    _check_replacement(policy.replace, input_shape, policy.method)
-    if declares_sites(model):
-        return _plan_declared(model, policy)
-    return _plan_found(graph_sites.analyse(model, model_activations(model, activations)), policy)[0]
+    _check(policy, input_shape)
+    return plan(find_sites(model, activations), policy)[0]
 
 
 def apply_erase(model: nn.Module, policy: ErasePolicy, activations: Sequence | None = None, *,
@@ -221,35 +204,21 @@ def apply_erase(model: nn.Module, policy: ErasePolicy, activations: Sequence | N
     A zoo model's sites are the ``nn.ReLU`` modules its blocks declare. Any other network is analysed from its
     graph (``erasenet.erase.graph_sites``); there ``activations`` (classes, ``relu``/``relu6`` or dotted class names)
     says which activation calls are sites, by default the model's ``site_activations`` or ``nn.ReLU``.
-    ``input_shape`` (C, H, W of one input) is needed by ``replace="prelu_channel"`` and ``method="gates"`` only.
-    ``method="gates"`` puts an unshaped ``Gate`` at every site and shapes it the same way ``prelu_channel`` widens
-    its PReLUs; ``method="cull"`` replaces the sites ``erasenet.erase.cull`` chooses by ``replace``.
+    ``input_shape`` (C, H, W of one input) is needed where the new modules are sized by the tensor they see
+    (``replace="prelu_channel"``, gates): each is made unsized, swapped in, then sized from one forward pass.
     """
-    _check_replacement(policy.replace, input_shape, policy.method)
+    made = _check(policy, input_shape)
+    sites = find_sites(model, activations)
+    record, chosen = plan(sites, policy)
     added: list[nn.Module] = []
 
-    def replacement() -> nn.Module:
-        added.append(Gate(policy.granularity) if policy.method == "gates" else REPLACEMENTS[policy.replace]())
+    def make() -> nn.Module:
+        added.append(made.make())
         return added[-1]
 
-    if not declares_sites(model):
-        found = graph_sites.analyse(model, model_activations(model, activations))
-        record, chosen = _plan_found(found, policy)
-        graph_sites.erase_calls(model, found, chosen, replacement)
-    else:
-        record = _plan_declared(model, policy)
-        for site in record.sites:
-            parent_name, _, leaf = site.rpartition(".")
-            parent = model.get_submodule(parent_name)
-            if not isinstance(getattr(parent, leaf), nn.ReLU):
-                raise ValueError(f"site {site!r} is not an nn.ReLU; the model breaks the ReLU-site contract")
-        for site in record.sites:
-            parent_name, _, leaf = site.rpartition(".")
-            setattr(model.get_submodule(parent_name), leaf, replacement())
-    # A site's channel count is known only once a forward pass reaches it; a shared module's calls (torchvision's
-    # BasicBlock.relu) and functional ReLUs have no module of their own to ask before erasing, their new PReLUs do.
-    if policy.method == "gates":
-        shape_gates(model, added, input_shape)
-    elif policy.replace == "prelu_channel" and added:
-        _slope_per_channel(model, added, input_shape)
+    graph_sites.erase_calls(model, sites, chosen, make)
+    if made.fit is not None and added:
+        made.fit(model, added, input_shape)
     return record
+
+

@@ -14,10 +14,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from ..erase import ErasePolicy, apply_erase, declares_sites, model_activations, plan_erase
-from ..erase.graph_sites import analyse
+from ..erase import ErasePolicy, EraseReLU, apply_erase, find_sites, plan_erase
 from ..erase.rectifiers import count_relus
-from ..erase.sites import fixed_sites, iter_blocks
 from .registry import builder_options, create_model, input_shape, list_models
 from .zoo import legend, render_table, splice_table
 
@@ -45,13 +43,8 @@ def build_arch(arch: str, activation: str | None = None) -> tuple[nn.Module, tup
 
 def structure(model: nn.Module) -> tuple[list[tuple[str, list[str]]], list[str], str]:
     """``(blocks as (name, site names), fixed sites, how they were found)``."""
-    if declares_sites(model):
-        blocks = [(name, [f"{name}.{s}" for s in block.sites]) for name, block in iter_blocks(model)]
-        return blocks, fixed_sites(model), "declared by the model"
-    found = analyse(model, model_activations(model))
-    how = ("found from the graph: residual units" if found.residual
-           else "found from the graph: no residual addition, one block per activation call")
-    return [(b.name, b.site_names) for b in found.blocks], [s.name for s in found.fixed], how
+    sites = find_sites(model)
+    return [(b.name, b.site_names) for b in sites.blocks], [s.name for s in sites.fixed], sites.how
 
 
 def describe(arch: str, policy: ErasePolicy, activation: str | None = None,
@@ -75,9 +68,9 @@ def describe(arch: str, policy: ErasePolicy, activation: str | None = None,
     relus = count_relus(model, shape)
     lines.append(f"ReLU/PReLU evaluations per {'x'.join(map(str, shape))} image: {relus:,}")
     if record is None:
-        lines.append(f"erase location={policy.location} proportion={policy.proportion:g}: refused: {refusal}")
+        lines.append(f"erase {policy.method.describe()}: refused: {refusal}")
         return "\n".join(lines) + "\n"
-    lines.append(f"erase location={policy.location} proportion={policy.proportion:g}: {len(record.sites)} site(s) "
+    lines.append(f"erase {policy.method.describe()}: {len(record.sites)} site(s) "
                  f"-> {policy.replace} in {len(record.blocks)}/{record.num_blocks} blocks, marked [site] above")
     erased_model = copy.deepcopy(model)
     apply_erase(erased_model, policy, input_shape=shape)
@@ -108,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("names", nargs="*", help="only these registry names (default: all)")
     args = parser.parse_args(argv)
     if args.arch:
-        print(describe(args.arch, ErasePolicy(args.erase, args.proportion, args.replace), args.activation,
+        print(describe(args.arch, ErasePolicy(EraseReLU(args.erase, args.proportion), args.replace), args.activation,
                        args.input), end="")
         return 0
     table = render_table(args.names or None)

@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from ..erase import ErasePolicy, plan_erase, select_blocks
+from ..erase import ErasePolicy, EraseReLU, plan_erase, select_blocks
 from ..erase.rectifiers import contract_violations, rectifier_calls
 from ..erase.sites import block_sites, declared_sites, iter_blocks
 from .registry import builder_options, create_model, input_shape, list_models
@@ -73,7 +73,7 @@ def measure(name: str) -> ModelStats:
     location = "last" if last_erasable else "first"
     elements = {call.module: call.elements for call in calls}
     relus = tuple(sum(elements.values()) - sum(elements.get(site, 0) for site in
-                                               plan_erase(model, ErasePolicy(location, p)).sites)
+                                               plan_erase(model, ErasePolicy(EraseReLU(location, p))).sites)
                   for p in RELU_PROPORTIONS)
     return ModelStats(
         name=name, input_shape=shape, num_classes=num_classes, params=sum(p.numel() for p in model.parameters()),

@@ -161,7 +161,7 @@ def build_run(job: Job, dist: Dist, device: torch.device) -> Run:
     model, erased = build_model(cfg, init=teacher if cfg.distill.init_from_teacher else None)
     model.to(device)
     try:
-        gates = gate_schedule(model, OmegaConf.to_container(cfg.erase), image_shape(cfg))
+        gates = gate_schedule(model, OmegaConf.to_container(cfg.erase), image_shape(cfg), cfg.schedule.epochs)
     except ValueError as err:
         raise UserError(f"cannot gate model {cfg.model.name}: {err}.") from None
     model = to_channels_last(model, accel)

@@ -202,7 +202,7 @@ def _teacher_config(cfg: DictConfig, recorded: dict | None, path: Path) -> DictC
     mine, theirs = with_defaults(student), with_defaults(recorded)
     differences = [f"model.{k}: {theirs['model'].get(k)!r} (teacher) vs {mine['model'].get(k)!r}"
                    for k in sorted(set(mine["model"]) | set(theirs["model"]))
-                   if k != "warmup_iters" and mine["model"].get(k) != theirs["model"].get(k)]
+                   if mine["model"].get(k) != theirs["model"].get(k)]
     differences += [f"dataset.{k}: {theirs['dataset'].get(k)!r} (teacher) vs {mine['dataset'].get(k)!r}"
                     for k in SPLIT_KEYS if mine["dataset"].get(k) != theirs["dataset"].get(k)]
     if differences:
