@@ -63,3 +63,27 @@ def test_reshaping_scales_the_network(make_cfg):
     assert [len(getattr(model, f"layer{i}")) for i in range(1, 5)] == [2, 1, 1, 1]
     assert model.stem.conv.out_channels == 32 and model.stem.conv.stride == (2, 2)
     assert model.head.fc.in_features == 256
+
+
+def test_the_criticality_preset_ends_with_the_ranking_printed_and_saved(tmp_path):
+    import json
+
+    from conftest import run_cli
+    from erasenet.criticality import main
+
+    # the preset's sweep on a ResNet-20 (three stages) and digits, one seed, one epoch: three real runs
+    proc = run_cli("experiment=deepreduce2021/resnet18_c100_criticality", "model=resnet20", "dataset=digits",
+                   "schedule=quick", "schedule.epochs=1", "schedule.milestones=[]",
+                   "erase.cull_stages=[2,3],[1,3],[1,2]", "seed=0", "trainer.num_threads=1",
+                   "trainer.tensorboard=false", "trainer.progress=off", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    sweep = tmp_path / "multirun" / "deepreduce2021_resnet18_c100_criticality"
+    record = json.loads((sweep / "criticality.json").read_text())
+    assert sorted(record["ranking"]) == [1, 2, 3] and record["cull_order"] == record["ranking"][::-1]
+    rows = record["stages"]
+    assert [r["val_error"] for r in rows] == sorted(r["val_error"] for r in rows)
+    # digits are 1x8x8: ResNet-20's stages keep 6 ReLUs of 16x8x8, 32x4x4 or 64x2x2; the stem's is culled
+    assert {r["stage"]: r["relus"] for r in rows} == {1: 6 * 1024, 2: 6 * 512, 3: 6 * 256}
+    assert "Culling order (least critical first)" in proc.stdout and (sweep / "criticality.md").is_file()
+    assert main([str(sweep)]) == 0 and main([str(tmp_path)]) == 0  # by hand, from the sweep or a folder above it
+    assert main([str(tmp_path / "nowhere")]) == 2
