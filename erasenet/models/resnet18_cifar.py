@@ -33,9 +33,9 @@ class CifarResNet18(nn.Module):
     """
 
     def __init__(self, num_classes: int = 100, in_chans: int = 3, survival_prob: float = 1.0, width: float = 1.0,
-                 stem_stride: int = 1, blocks: Sequence[int] = (2, 2, 2, 2)):
+                 stem_stride: int = 1, blocks: Sequence[int] | None = None):
         super().__init__()
-        blocks = tuple(int(b) for b in blocks)
+        blocks = tuple(int(b) for b in blocks) if blocks is not None else (2, 2, 2, 2)
         if len(blocks) != 4 or min(blocks) < 1:
             raise ValueError(f"model.blocks gives the blocks of each of the 4 stages, each at least 1; got {blocks}")
         widths = tuple(int(w * width) for w in WIDTHS)  # as DeepReDuce's int(64 * alpha)
@@ -59,7 +59,8 @@ class CifarResNet18(nn.Module):
 
 @register_model
 def resnet18_cifar(num_classes: int = 100, in_chans: int = 3, survival_prob: float = 1.0, width: float = 1.0,
-                   stem_stride: int = 1, blocks: Sequence[int] = (2, 2, 2, 2)) -> CifarResNet18:
+                   stem_stride: int = 1, blocks: Sequence[int] | None = None) -> CifarResNet18:
     """CIFAR ResNet-18 of SNL and DeepReDuce (3x3 stride-1 stem, no max pool, 64/128/256/512); ``width``,
-    ``stem_stride`` and ``blocks`` give DeepReDuce's channel, resolution and depth scaling."""
+    ``stem_stride`` and ``blocks`` (per stage; None: two each) give DeepReDuce's channel, resolution and depth
+    scaling."""
     return CifarResNet18(num_classes, in_chans, survival_prob, width, stem_stride, blocks)
