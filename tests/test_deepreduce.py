@@ -87,3 +87,13 @@ def test_the_criticality_preset_ends_with_the_ranking_printed_and_saved(tmp_path
     assert "Culling order (least critical first)" in proc.stdout and (sweep / "criticality.md").is_file()
     assert main([str(sweep)]) == 0 and main([str(tmp_path)]) == 0  # by hand, from the sweep or a folder above it
     assert main([str(tmp_path / "nowhere")]) == 2
+
+
+def test_a_published_count_needs_its_source(make_cfg):
+    from erasenet.common.errors import UserError
+
+    with pytest.raises(UserError, match="paper.relus=1000 needs a paper.source"):
+        check_config(make_cfg("paper.relus=1000"))
+    check_config(make_cfg('paper.source="DeepReDuce, a released model"', "paper.relus=1000"))
+    with pytest.raises(UserError, match="must be given together"):  # a source alone still needs its error
+        check_config(make_cfg('paper.source="DeepReDuce"'))
