@@ -218,13 +218,35 @@ def test_the_printed_zoo_table_says_what_its_marks_mean(capsys):
     assert capsys.readouterr().out.endswith("<!-- end of zoo table -->\n")  # no marks, no legend
 
 
+def test_describe_previews_culling_and_gates_beside_eraserelu_on_grey_scale_input(capsys):
+    from erasenet.models.__main__ import main
+
+    # digits are 1x8x8: ResNet-20's stem 16x8x8 and three stages of 6 ReLUs at 16x8x8, 32x4x4, 64x2x2
+    assert main(["--arch", "resnet20", "--input", "1x8x8", "--cull", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "per 1x8x8 image: 11,776" in out
+    assert "after the erase: 8,704 (-3,072; 73.9% kept)" in out  # stage 2's 6 x 512 go
+    assert "proportion 0.5: 8,704 (+0)  <- nearest" in out  # culling stage 2 is EraseReLU at 0.5
+    assert main(["--arch", "resnet20", "--input", "1x8x8", "--budget", "0.5"]) == 0
+    out = capsys.readouterr().out
+    assert "a gate on each of 19 site(s)" in out and "keeps at most 5,888 of 11,776" in out
+    assert main(["--arch", "resnet20", "--input", "1x8x8", "--budget", "20000"]) == 0
+    assert "a budget at or above the network's 11,776 erases nothing" in capsys.readouterr().out
+    assert main(["--arch", "resnet18_cifar", "--cull", "1", "--thin", "--fixed-sites"]) == 0
+    assert "after the erase: 114,688" in capsys.readouterr().out  # DeepReDuce's 115K model before reshaping
+    assert main(["--arch", "resnet20", "--cull", "5"]) == 0
+    assert "refused: erase.cull_stages=[5] names stage(s) [5]" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["--arch", "resnet20", "--cull", "1", "--budget", "100"])
+
+
 def test_describe_with_slopes_per_channel(capsys):
     from erasenet.models.__main__ import main
 
     assert main(["--arch", "resnet20", "--erase", "all", "--proportion", "1", "--replace", "prelu_channel"]) == 0
     out = capsys.readouterr().out
     assert "18 site(s) -> prelu_channel in 9/9 blocks" in out
-    assert "ReLU/PReLU evaluations after the erase: 188,416 (+0)" in out
+    assert "ReLU/PReLU evaluations after the erase: 188,416 (+0; 100.0% kept)" in out
 
 
 def test_one_planner_reads_declared_and_found_sites_alike():

@@ -16,8 +16,8 @@ from conftest import REPO
 WINGS = {
     "face": 4, "training": 3, "reports": 2, "data": 2, "models": 2, "erase": 1, "common": 0,
 }
-FACE = ("erasenet.train", "erasenet.results", "erasenet.select", "erasenet.presets", "erasenet.cli",
-        "erasenet.models.__main__", "erasenet.analysis", "erasenet.pi")
+FACE = ("erasenet.train", "erasenet.results", "erasenet.select", "erasenet.presets", "erasenet.criticality",
+        "erasenet.cli", "erasenet.models.__main__", "erasenet.analysis", "erasenet.pi")
 
 
 def wing_of(module: str) -> str:

@@ -157,6 +157,7 @@ class PaperConfig:
     test_top5_error: Optional[float] = None  # published top-5 test error (%), where the paper gives one
     train_error: Optional[float] = None  # published final training error (%), where the paper gives one
     train_error_std: Optional[float] = None
+    relus: Optional[int] = None  # the published ReLU count per image of the model, where the source gives one
 
 
 @dataclass
@@ -401,7 +402,11 @@ def check_method(cfg: DictConfig) -> None:
 
 def check_paper(paper: DictConfig) -> None:
     """The published-result record (empty, or a source with an error in [0, 100], a metric, a proportion)."""
-    if paper.test_error is None and not paper.source:
+    relus = paper.get("relus")
+    if relus is not None and (not paper.source or relus < 0):
+        _fail(f"paper.relus={relus} needs a paper.source and a count of at least 0.",
+              'Give the published ReLU count per image with where it is published, e.g. paper.source="..."')
+    if paper.test_error is None and (not paper.source or relus is not None):
         return
     if not paper.source or paper.test_error is None:
         _fail(f"paper.source={paper.source!r} and paper.test_error={paper.test_error} must be given together.",

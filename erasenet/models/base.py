@@ -19,11 +19,12 @@ def make_stage(make_block: Callable[[int, int], nn.Module], in_planes: int, plan
 
 
 class Stem(nn.Sequential):
-    """3x3 conv at full resolution, followed by BN-ReLU unless the blocks after it are pre-activated."""
+    """3x3 conv (at full resolution unless ``stride`` > 1), followed by BN-ReLU unless the blocks after it are
+    pre-activated."""
 
-    def __init__(self, in_chans: int, planes: int, activate: bool = True):
+    def __init__(self, in_chans: int, planes: int, activate: bool = True, stride: int = 1):
         super().__init__()
-        self.conv = nn.Conv2d(in_chans, planes, 3, 1, 1, bias=False)
+        self.conv = nn.Conv2d(in_chans, planes, 3, stride, 1, bias=False)
         if activate:
             self.bn = nn.BatchNorm2d(planes)
             self.act = nn.ReLU(inplace=True)

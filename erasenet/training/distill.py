@@ -4,9 +4,10 @@
 a sweep directory (its finished run of the student's seed; where it holds several, its original network's:
 ``erase.proportion=0`` and no teacher of its own) or a weights file (an erasenet checkpoint, or a state dict);
 ``{seed}`` in it becomes the student's seed, so each seed of a sweep learns from the teacher of the same seed.
-The teacher is the student's network (``model.*``) trained on the same data split; its own erase settings may
-differ (the original network teaching an erased one). A weights file without a recorded config is taken to hold
-the student's network, unerased.
+The teacher is any network trained on the student's data split (the same classes and inputs): logit distillation
+needs no more, so its network (``model.*``, e.g. the full ResNet-18 teaching DeepReDuce's narrowed one) and its
+erase settings may differ. A weights file without a recorded config is taken to hold the student's network,
+unerased.
 
 The teacher is frozen: evaluation mode (batch-norm running statistics, no dropout), ``requires_grad`` off, called
 under ``torch.no_grad``, and never given to the optimizer. Each DDP process holds its own copy on the training
@@ -70,7 +71,7 @@ class TeacherSource:
 def find_teacher(cfg: DictConfig, out_dir: Path | None = None) -> TeacherSource | None:
     """The teacher of the run ``cfg`` (its weights and config), or None without ``distill.teacher``.
 
-    Raises ``UserError`` when the teacher is missing, unfinished, unreadable, or another network or data split.
+    Raises ``UserError`` when the teacher is missing, unfinished, unreadable, or of another data split.
     """
     path = teacher_path(cfg)
     if path is None:
@@ -192,22 +193,19 @@ def _weights_file(path: Path) -> tuple[dict, dict | None]:
 
 
 def _teacher_config(cfg: DictConfig, recorded: dict | None, path: Path) -> DictConfig:
-    """The config to build the teacher from: its recorded one, checked against the student's network and data
-    split; without one, the student's network unerased."""
+    """The config to build the teacher from: its recorded one, checked against the student's data split; without
+    one, the student's network unerased."""
     student = OmegaConf.to_container(cfg, resolve=True)
     if recorded is None:
         erase = dict(student["erase"], proportion=0.0)
         erase.update({k: v for k, v in (("method", "erase"), ("budget", None)) if k in erase})
         return OmegaConf.create({**student, "erase": erase})
     mine, theirs = with_defaults(student), with_defaults(recorded)
-    differences = [f"model.{k}: {theirs['model'].get(k)!r} (teacher) vs {mine['model'].get(k)!r}"
-                   for k in sorted(set(mine["model"]) | set(theirs["model"]))
-                   if mine["model"].get(k) != theirs["model"].get(k)]
-    differences += [f"dataset.{k}: {theirs['dataset'].get(k)!r} (teacher) vs {mine['dataset'].get(k)!r}"
-                    for k in SPLIT_KEYS if mine["dataset"].get(k) != theirs["dataset"].get(k)]
+    differences = [f"dataset.{k}: {theirs['dataset'].get(k)!r} (teacher) vs {mine['dataset'].get(k)!r}"
+                   for k in SPLIT_KEYS if mine["dataset"].get(k) != theirs["dataset"].get(k)]
     if differences:
-        raise UserError(f"the teacher {path} is another network or data split than this run: "
-                        f"{'; '.join(differences)}. Distil from the same network trained on the same split "
+        raise UserError(f"the teacher {path} was trained on another data split than this run: "
+                        f"{'; '.join(differences)}. Distil from a network trained on the same split "
                         "(e.g. the same sweep's erase.proportion=0 run with the same seed).")
     return OmegaConf.create({**theirs, "dataset": mine["dataset"]})
 
