@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
 import shutil
 import statistics
@@ -22,7 +23,7 @@ import pytest
 from conftest import REPO
 from erasenet.common.atomic import save_json
 from erasenet.pi import measure
-from erasenet.reports.plots import plot_communication
+from erasenet.reports.plots import SIDE_STEP, plot_communication, side_by_side
 from erasenet.reports.stats import least_squares
 from erasenet.reports.summary import find_results, write_summary
 from erasenet.results import main as results_main
@@ -197,10 +198,19 @@ def test_communication_pareto_has_one_series_per_method_at_the_measured_mb(erase
     assert sorted(series) == ["erase (n=3 per point)", "gates (n=3 per point)"]
     assert ax.get_xscale() == "log"
     expected = sorted((CONV + SETUP + PER_RELU * real[(p, 0)]["relus"] + 100_000) / 1e6 for p in (0.0, 0.5))
-    xs = sorted(series["erase (n=3 per point)"][0].get_xdata())
-    assert xs == pytest.approx(expected, rel=1e-12)  # mean of jitter 0, 1e5, 2e5; no other series near: not moved
-    labels = [t.get_text() for t in ax.xaxis.get_ticklabels()]
-    assert len(set(labels)) == len(labels)  # a narrow range gets labels that differ
+    xs = sorted(series["erase (n=3 per point)"][0].get_xdata())  # left to right in the measured order
+    # x: the mean over seeds (jitter 0, 1e5, 2e5); the two erase points lie 0.03% apart, so they stand side by
+    # side, each moved by half a step; the gates point, far from them, stays where it was measured
+    gates_mb = (CONV + 5_000_000 + SETUP + PER_RELU * (real[(0.5, 0)]["relus"] // 4)) / 1e6
+    (gates_x,) = series["gates (n=3 per point)"][0].get_xdata()
+    assert gates_x == pytest.approx(gates_mb, rel=1e-12)
+    half_step = SIDE_STEP * math.log10(gates_mb / expected[0]) / 2
+    assert math.log10(expected[0] / xs[0]) == pytest.approx(half_step, rel=1e-9)
+    assert math.log10(xs[1] / expected[1]) == pytest.approx(half_step, rel=1e-9)
+    # a range within a decade gets even linear steps, labelled with the decimals they need (22.5, not 22)
+    ticks = list(ax.xaxis.get_majorticklocs())
+    labels = [ax.xaxis.get_major_formatter()(t) for t in ticks]
+    assert len(ticks) >= 3 and [float(label.replace(",", "")) for label in labels] == pytest.approx(ticks, rel=1e-12)
 
 
 def test_an_unreadable_cost_file_is_skipped_with_a_warning(erase_sweep, tmp_path, capsys):
@@ -239,3 +249,18 @@ def test_real_measurements_reach_the_summary(tmp_path):
     assert fit_rows((root / "summary.md").read_text())["comparisons (ReLU)"][1] == f"{slope:,.1f}"
     assert_png(root / "pareto_communication.png")
     assert_png(root / "communication_relus.png")
+
+
+def test_measured_points_are_set_apart_only_where_they_would_overlap():
+    """Bytes are not counts: two configurations within 2% of each other are not "at one budget". Points move only
+    where they lie within SIDE_STEP of the drawn range of each other, and by that much, not by the ReLU rule's."""
+    points = [(("erase", "p=0"), 23.41), (("erase", "p=0.5"), 23.14), (("gates", "budget=0.5"), 23.143)]
+    drawn = side_by_side(points, log=True, visual=True)
+    assert drawn[points[0]] == 23.41  # alone: where it was measured
+    left, right = drawn[points[1]], drawn[points[2]]
+    assert left < 23.14 < 23.143 < right
+    step = SIDE_STEP * math.log10(23.41 / 23.14)
+    assert math.log10(23.14 / left) == pytest.approx(step / 2, rel=1e-9)
+    assert math.log10(right / 23.143) == pytest.approx(step / 2, rel=1e-9)
+    # the rule for ReLU counts would put all three in one group and move the lone point too
+    assert side_by_side(points, log=True)[points[0]] != 23.41

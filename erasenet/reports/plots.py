@@ -227,18 +227,27 @@ def _by_proportion(runs: list[dict]) -> dict[float, list[dict]]:
     return by_p
 
 
-def side_by_side(points: list[tuple[Hashable, float]], log: bool) -> dict[tuple[Hashable, float], float]:
-    """Where to draw each (series, x): the points of several series at one ReLU count (within EQUAL_BUDGET of
-    the group's smallest) are set SIDE_STEP of the x range apart, centred on the count, so none hides another."""
+def side_by_side(points: list[tuple[Hashable, float]], log: bool,
+                 visual: bool = False) -> dict[tuple[Hashable, float], float]:
+    """Where to draw each (key, x): the points of several keys at one ReLU count (within EQUAL_BUDGET of the
+    group's smallest) are set SIDE_STEP of the x range apart, centred on the count, so none hides another. With
+    ``visual`` (a quantity that is not a count: measured bytes), points group where they are within SIDE_STEP of the
+    drawn range of each other, and move that far: the shifts stay small beside the differences the axis shows."""
     if not points:
         return {}
     scale = math.log10 if log else float
     xs = sorted({x for _, x in points})
-    step = SIDE_STEP * max(scale(xs[-1]) - scale(xs[0]), 0.3 if log else 0.1 * abs(xs[-1]) or 1.0)
+    span = scale(xs[-1]) - scale(xs[0])
+    step = SIDE_STEP * (span if visual and span > 0 else max(span, 0.3 if log else 0.1 * abs(xs[-1]) or 1.0))
     drawn, group = {}, []
     for x in xs + [math.inf]:
-        if group and x > group[0] * (1 + EQUAL_BUDGET):
-            keys = list(dict.fromkeys(key for key, px in points if px in group))
+        apart = x == math.inf or (scale(x) - scale(group[0]) > step if visual and group else
+                                  group and x > group[0] * (1 + EQUAL_BUDGET))
+        if group and apart:
+            # a visual group keeps the measured order from left to right; at one count the series' order
+            members = sorted((px, n) for n, (_, px) in enumerate(points) if px in group) if visual else \
+                [(px, n) for n, (_, px) in enumerate(points) if px in group]
+            keys = list(dict.fromkeys(points[n][0] for _, n in members))
             for key, px in points:
                 if px in group:
                     shift = (keys.index(key) - (len(keys) - 1) / 2) * step
@@ -248,14 +257,21 @@ def side_by_side(points: list[tuple[Hashable, float]], log: bool) -> dict[tuple[
     return drawn
 
 
-def _draw_points(ax, series: dict[str, list[tuple[float, str, list[dict]]]], log: bool) -> str:
-    """Per series (label -> (ReLUs, point label, runs) per configuration): mean ± std of its test errors, joined
+def _draw_points(ax, series: dict[str, list[tuple[float, str, list[dict]]]], log: bool,
+                 measured_x: bool = False) -> str:
+    """Per series (label -> (x, point label, runs) per configuration): mean ± std of its test errors, joined
     by a line, points that coincide labelled once; where a published value gives the configuration's test error,
-    a hollow marker of the series at the same x. Returns what the caption should add about it."""
-    drawn = side_by_side([(label, x) for label, points in series.items() for x, _, _ in points], log)
+    a hollow marker of the series at the same x. Returns what the caption should add about it. x is a ReLU count,
+    or with ``measured_x`` a measured quantity, where points of one series may fall together too: then every
+    point that would hide another is set apart (``side_by_side``'s visual rule)."""
+    def key(label: str, text: str) -> Hashable:
+        return (label, text) if measured_x else label
+
+    drawn = side_by_side([(key(label, text), x) for label, points in series.items() for x, text, _ in points], log,
+                         visual=measured_x)
     for i, (label, points) in enumerate(series.items()):
         points = sorted(points, key=lambda p: p[0])
-        xs = [drawn[label, x] for x, _, _ in points]
+        xs = [drawn[key(label, text), x] for x, text, _ in points]
         bars = [_error_bars([r["test_error"] for r in runs]) for _, _, runs in points]
         n = max(len(runs) for _, _, runs in points)
         line = ax.errorbar(xs, [m for m, _, _ in bars], yerr=[[lo for _, lo, _ in bars], [hi for _, _, hi in bars]],
@@ -265,9 +281,11 @@ def _draw_points(ax, series: dict[str, list[tuple[float, str, list[dict]]]], log
         for x, (_, text, _), (mean, _, _) in zip(xs, points, bars):
             if text:
                 texts.setdefault((x, mean), []).append(text)
-        for (x, mean), parts in texts.items():
-            ax.annotate("; ".join(parts), (x, mean), textcoords="offset points", xytext=(4, 4), fontsize=7,
-                        color=colour)
+        for j, ((x, mean), parts) in enumerate(texts.items()):
+            # a measured x may put a series' points close together: their labels alternate above and below
+            below = measured_x and j % 2 == 1
+            ax.annotate("; ".join(parts), (x, mean), textcoords="offset points", xytext=(4, -11 if below else 4),
+                        fontsize=7, color=colour)
         published = [(x, paper) for x, (_, _, runs) in zip(xs, points) if (paper := published_error(runs[0]))]
         if published:
             errors = [(p["test_error"], p.get("test_error_std") or 0.0) for _, p in published]
@@ -278,7 +296,8 @@ def _draw_points(ax, series: dict[str, list[tuple[float, str, list[dict]]]], log
                         linestyle="none", capsize=3, label=f"{label}: published")
     moved = any(x != px for (_, px), x in drawn.items())
     published = any(c.get_label().endswith(": published") for c in ax.containers)
-    return ("; points at one count are set side by side" if moved else "") + \
+    return (f"; points {'that would overlap' if measured_x else 'at one count'} are set side by side" if moved
+            else "") + \
         ("; hollow: the published value" if published else "")
 
 
@@ -296,9 +315,9 @@ def readable_log_ticks(axis) -> None:
     digits = None
     if len(ticks) < 3:
         ticks = [t for t in MaxNLocator(nbins=5).tick_values(low, high) if low <= t <= high]
-        # even steps may be finer than a unit: as many decimals as the step needs, else neighbours read alike
-        step = min((b - a for a, b in zip(ticks, ticks[1:])), default=1.0)
-        digits = max(0, -math.floor(math.log10(step)))
+        # even steps may fall between units (22.5, 0.05): as many decimals as the ticks need to read exactly
+        digits = next((d for d in range(8) if all(abs(t - round(t, d)) <= 1e-9 * max(1.0, abs(t)) for t in ticks)),
+                      8)
     axis.set_major_locator(FixedLocator(ticks))
     axis.set_minor_locator(NullLocator())
     axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.{digits}f}" if digits is not None
@@ -350,12 +369,13 @@ def _method_series(results: list[dict], x_of: Callable[[list[dict]], float | Non
     return {label: points for label, points in series.items() if points}
 
 
-def _plot_series(series: dict[str, list], path: Path, xlabel: str, caption: str) -> Figure:
+def _plot_series(series: dict[str, list], path: Path, xlabel: str, caption: str, measured_x: bool = False) -> Figure:
     """Test error against a log x, one series per method (``_draw_points``), readable log ticks."""
     fig = Figure(figsize=(8, 5), layout="constrained")
     ax = fig.subplots()
-    notes = _draw_points(ax, series, log=True)
+    notes = _draw_points(ax, series, log=True, measured_x=measured_x)
     ax.set_xscale("log")
+    ax.margins(x=0.08)  # room for the labels of the outermost points
     ax.set_xlabel(xlabel)
     ax.set_ylabel("test error (%)")
     readable_log_ticks(ax.xaxis)
@@ -391,7 +411,8 @@ def plot_communication(results: list[dict], path: Path) -> Figure:
     series = _method_series(_finished(results), _mean_mb)
     return _plot_series(series, path, "communication of one private inference, both parties (MB, log scale)",
                         "Test error against measured communication (SPU Cheetah, python -m erasenet.pi), one "
-                        "series per method; x: mean over the measured runs, error: mean ± std over seeds")
+                        "series per method; x: mean over the measured runs, error: mean ± std over seeds",
+                        measured_x=True)
 
 
 def plot_cost_against_relus(results: list[dict], path: Path) -> Figure:
@@ -417,7 +438,7 @@ def plot_cost_against_relus(results: list[dict], path: Path) -> Figure:
             line, = ax.plot(xs, [(fit.slope * x + fit.intercept) / MB for x in xs], "k--", linewidth=1)
             r2 = "" if math.isnan(fit.r2) else f", R² = {fit.r2:.3f}"
             ax.legend([line], [f"least squares: {fit.slope:,.1f} bytes per ReLU + {fit.intercept / MB:.3f} MB{r2}"],
-                      fontsize="small", loc="upper left")
+                      fontsize="small", loc="best")
         ax.set_xlabel("ReLUs kept (one forward pass on one image)")
         ax.set_ylabel(f"MB sent by both parties: {quantity}")
         ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
