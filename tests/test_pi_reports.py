@@ -170,6 +170,7 @@ def test_the_summary_prints_the_fit_of_bytes_against_relus(erase_sweep, tmp_path
     # the comparisons follow the count exactly: 97 bytes per ReLU over a 0.3 MB set-up
     assert fits["comparisons (ReLU)"] == [str(len(points)), "97.0", "0.300", "1.000"]
     assert float(fits["all traffic"][3]) < 1.0  # the linear layers' bytes do not follow it
+    assert "two ReLU counts only" not in (root / "summary.md").read_text()  # four counts: the R² says something
 
 
 def test_least_squares_against_numpy():
@@ -246,7 +247,9 @@ def test_real_measurements_reach_the_summary(tmp_path):
     xs = sorted(costs)
     compare = [costs[x]["by_kind"]["comparison_relu"]["bytes"] for x in xs]
     slope = (compare[1] - compare[0]) / (xs[1] - xs[0])  # two points: the line through them
-    assert fit_rows((root / "summary.md").read_text())["comparisons (ReLU)"][1] == f"{slope:,.1f}"
+    markdown = (root / "summary.md").read_text()
+    assert fit_rows(markdown)["comparisons (ReLU)"][1] == f"{slope:,.1f}"
+    assert "two ReLU counts only: a line passes through both" in markdown
     assert_png(root / "pareto_communication.png")
     assert_png(root / "communication_relus.png")
 

@@ -125,10 +125,13 @@ def cost_markdown(results: Sequence[dict]) -> str:
     if not fits:
         return ""
     failed = sum(not r["pi_cost"]["passed"] for r in measured(results))
+    counts = len(set(points(results, "bytes")[0]))
     return ("\n## Private-inference cost against ReLU count\n\nLeast-squares lines bytes = slope × kept ReLUs + "
             "intercept over every measured run (one private inference each, python -m erasenet.pi): how far the "
             "ReLU count predicts what the parties send. R² near 1: the count predicts the bytes; the intercept "
             "is what does not depend on it (the linear layers, a comparison's fixed set-up).\n\n"
             + markdown_table(FIT_COLUMNS, fits)
+            + ("\nThe measured runs keep two ReLU counts only: a line passes through both, so R² = 1 says nothing; "
+               "measure configurations at a third count to test the fit.\n" if counts == 2 else "")
             + (f"\n{failed} measured run(s) failed the check of the private logits against the plaintext ones; "
                "their cost counts all the same.\n" if failed else ""))
