@@ -1,5 +1,6 @@
 """``python -m erasenet.results DIR``: (re)write a sweep's summary (``summary.md``, ``summary.csv``) and plots by
-hand, and the Hydra callback that records a job that raised and writes the summary when a multirun ends.
+hand (also to take in the ``pi_cost.json`` files ``python -m erasenet.pi`` writes after a sweep), and the Hydra
+callback that records a job that raised and writes the summary when a multirun ends.
 
 The aggregation itself is ``erasenet.reports.summary``.
 """
@@ -58,7 +59,10 @@ def main(argv: list[str] | None = None) -> int:
               "difference where a run's config has one, failed runs with their reasons) and draw DIR/curves.png "
               "(and DIR/proportion.png and DIR/pareto.png for a sweep over erase.proportion; a sweep across "
               "erase.method also gets DIR/methods.csv, Welch's test at equal ReLU budget with Holm's adjustment, and "
-              "a Pareto plot with one series per method; published values show there as hollow markers).")
+              "a Pareto plot with one series per method; published values show there as hollow markers). Runs "
+              "measured by python -m erasenet.pi (pi_cost.json) add their communication and latency estimates, "
+              "DIR/pareto_communication.png and DIR/communication_relus.png with the fit of bytes against ReLUs; "
+              "run this again after measuring.")
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     root = Path(argv[0])
     if not root.is_dir():

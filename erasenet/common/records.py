@@ -18,6 +18,8 @@ from typing import Iterable
 METADATA_PREFIXES = ("paper.",)
 # a run directory's record of a job that raised or a disk that filled up: {"status": "failed", "failure": ...}
 FAILURE_FILE = "failure.json"
+# a run directory's measured private-inference cost, written by ``python -m erasenet.pi`` (erasenet/pi/measure.py)
+PI_COST_FILE = "pi_cost.json"
 # Boundaries between items of a joined override string: a comma followed by the next item's ``key=``. A comma
 # inside a value (``schedule.milestones=[2,3]``, ``paper.source="Table 2, ResNet-110"``) is not one.
 _ITEM_BOUNDARY = re.compile(r",(?=[+~]{0,2}[\w.-]+=)")
@@ -181,3 +183,22 @@ def final_train_error(result: dict) -> float | None:
         return result["train_error"]
     records = read_metrics(result["_dir"]) if result.get("_dir") else []
     return records[-1].get("train_error") if records else None
+
+
+def read_pi_cost(run_dir: str | Path) -> dict | None:
+    """What the reports read of a run's ``pi_cost.json``: the ReLUs the measured network kept, the bytes both
+    parties sent (in all and in secure comparisons), the rounds, the LAN and WAN latency estimates (seconds) and
+    whether the private logits passed their check. None where the run has no measurement; ValueError where its
+    file does not read as one."""
+    path = Path(run_dir) / PI_COST_FILE
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text())
+        latency = record["latency"]["settings"]
+        return {"relus": record["relus"], "bytes": record["total"]["bytes"],
+                "comparison_bytes": record["by_kind"]["comparison_relu"]["bytes"],
+                "rounds": record["total"]["rounds"], "lan_seconds": latency["LAN"]["seconds"],
+                "wan_seconds": latency["WAN"]["seconds"], "passed": record["check"]["passed"]}
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as err:
+        raise ValueError(f"{path} is not a private-inference cost record ({type(err).__name__}: {err})") from err

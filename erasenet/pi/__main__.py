@@ -48,6 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     print(measure.table(results))
     for where, _ in results:
         print(f"wrote {where / measure.COST_FILE}")
+    if not (Path(args.path) / measure.NETWORK_FILE).is_file():
+        print(f"the summary picks the cost up when it is rebuilt: python -m erasenet.results {args.path}")
     return 0 if all(r["check"]["passed"] for _, r in results) else 1
 
 

@@ -21,14 +21,14 @@ from omegaconf import OmegaConf
 
 from ..common.atomic import save_json
 from ..common.errors import UserError
-from ..common.records import is_ok
+from ..common.records import PI_COST_FILE, is_ok
 from ..data import load_splits
 from ..data.loader import normaliser
 from ..training.delivered import load_model
 from . import cost
 from .export import NETWORK_FILE, export_model
 
-COST_FILE, EXPORT_DIR, IMAGE_FILE = "pi_cost.json", "pi_export", "image.npy"
+COST_FILE, EXPORT_DIR, IMAGE_FILE = PI_COST_FILE, "pi_export", "image.npy"
 ENV_DIR = ".venv-pi"
 FRACTION_BITS = 18  # of the 64-bit ring: SPU's default for FM64
 # FM64 with 18 fraction bits resolves 2^-18 ~ 3.8e-6, but every truncation may be off by one unit and the error

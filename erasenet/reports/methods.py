@@ -27,6 +27,7 @@ from typing import Any, Callable
 from ..common.errors import UserError
 from ..common.records import (format_mean_std, format_p, format_published, format_values, group_of, is_ok,
                                method_of, override_key, proportion_of, split_overrides)
+from .picost import NOTE as COST_NOTE, cost_columns
 from .rows import Row
 from .stats import Welch, holm, welch
 from .table import DASH, Column, csv_table, markdown_table
@@ -191,6 +192,8 @@ COLUMNS: list[Column[Comparison]] = [
     Column("p_holm", attrgetter("p_holm"), "p (Holm)", lambda c: DASH if math.isnan(c.p_holm) else format_p(c.p_holm)),
     Column("n_a", attrgetter("welch.n_a"), "n A vs B", lambda c: f"{c.welch.n_a} vs {c.welch.n_b}"),
     Column("n_b", attrgetter("welch.n_b")),
+    *(column for side in ("a", "b") for column in cost_columns(
+        attrgetter(f"{side}.cost"), "{key}_" + side, "{title} " + side.upper(), attrgetter(f"{side}.n"))),
 ]
 
 
@@ -210,7 +213,9 @@ def methods_markdown(rows: list[Row]) -> str:
             "mean test error minus B's, with the 95% confidence interval and the two-sided p-value of Welch's "
             "t-test over seeds; p < 0.05: the difference is unlikely to be seed noise. p (Holm): the p-value "
             f"adjusted by Holm's method for the {_testable(found)} of this table together; read it, not the raw "
-            "p, when any of the pairs may count as a finding.\n\n"
+            "p, when any of the pairs may count as a finding."
+            + (f" PI runs: the runs measured under two-party computation, of the finished ones; {COST_NOTE}"
+               if any(c.a.cost.n or c.b.cost.n for c in found) else "") + "\n\n"
             + markdown_table(COLUMNS, found))
 
 

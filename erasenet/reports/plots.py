@@ -10,6 +10,11 @@
   budgeted method (``erase.method`` gates or cull) draws it across methods instead: one series per method, log
   ReLU axis (``plot_methods``). In both, points of several series at one count stand side by side, and a published
   value (``paper.*``) is a hollow marker of its series beside the configuration it is for.
+- ``pareto_communication.png``: the Pareto plot's second view, test error against the communication of one
+  private inference measured by ``python -m erasenet.pi`` (``pi_cost.json``), one series per method, drawn as the
+  plot across methods is; only where runs of two configurations or more were measured.
+- ``communication_relus.png``: each measured run's bytes (all, and its comparisons') against its kept ReLUs, with
+  the least-squares lines (``picost.cost_fits``); only where the measured runs keep two ReLU counts or more.
 """
 
 from __future__ import annotations
@@ -19,12 +24,13 @@ import statistics
 import textwrap
 from pathlib import Path
 
-from typing import Hashable
+from typing import Callable, Hashable
 
 from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator, NullLocator
 
 from .methods import EQUAL_BUDGET, has_methods, point_label, series_key, series_labels
+from .picost import MB, cost_fits, measured, points
 from ..common.records import (family_of, finite, group_of, is_ok, mean_std, proportion_of, published_error,
                               read_metrics, split_overrides)
 
@@ -221,18 +227,27 @@ def _by_proportion(runs: list[dict]) -> dict[float, list[dict]]:
     return by_p
 
 
-def side_by_side(points: list[tuple[Hashable, float]], log: bool) -> dict[tuple[Hashable, float], float]:
-    """Where to draw each (series, x): the points of several series at one ReLU count (within EQUAL_BUDGET of
-    the group's smallest) are set SIDE_STEP of the x range apart, centred on the count, so none hides another."""
+def side_by_side(points: list[tuple[Hashable, float]], log: bool,
+                 visual: bool = False) -> dict[tuple[Hashable, float], float]:
+    """Where to draw each (key, x): the points of several keys at one ReLU count (within EQUAL_BUDGET of the
+    group's smallest) are set SIDE_STEP of the x range apart, centred on the count, so none hides another. With
+    ``visual`` (a quantity that is not a count: measured bytes), points group where they are within SIDE_STEP of the
+    drawn range of each other, and move that far: the shifts stay small beside the differences the axis shows."""
     if not points:
         return {}
     scale = math.log10 if log else float
     xs = sorted({x for _, x in points})
-    step = SIDE_STEP * max(scale(xs[-1]) - scale(xs[0]), 0.3 if log else 0.1 * abs(xs[-1]) or 1.0)
+    span = scale(xs[-1]) - scale(xs[0])
+    step = SIDE_STEP * (span if visual and span > 0 else max(span, 0.3 if log else 0.1 * abs(xs[-1]) or 1.0))
     drawn, group = {}, []
     for x in xs + [math.inf]:
-        if group and x > group[0] * (1 + EQUAL_BUDGET):
-            keys = list(dict.fromkeys(key for key, px in points if px in group))
+        apart = x == math.inf or (scale(x) - scale(group[0]) > step if visual and group else
+                                  group and x > group[0] * (1 + EQUAL_BUDGET))
+        if group and apart:
+            # a visual group keeps the measured order from left to right; at one count the series' order
+            members = sorted((px, n) for n, (_, px) in enumerate(points) if px in group) if visual else \
+                [(px, n) for n, (_, px) in enumerate(points) if px in group]
+            keys = list(dict.fromkeys(points[n][0] for _, n in members))
             for key, px in points:
                 if px in group:
                     shift = (keys.index(key) - (len(keys) - 1) / 2) * step
@@ -242,14 +257,21 @@ def side_by_side(points: list[tuple[Hashable, float]], log: bool) -> dict[tuple[
     return drawn
 
 
-def _draw_points(ax, series: dict[str, list[tuple[float, str, list[dict]]]], log: bool) -> str:
-    """Per series (label -> (ReLUs, point label, runs) per configuration): mean ± std of its test errors, joined
+def _draw_points(ax, series: dict[str, list[tuple[float, str, list[dict]]]], log: bool,
+                 measured_x: bool = False) -> str:
+    """Per series (label -> (x, point label, runs) per configuration): mean ± std of its test errors, joined
     by a line, points that coincide labelled once; where a published value gives the configuration's test error,
-    a hollow marker of the series at the same x. Returns what the caption should add about it."""
-    drawn = side_by_side([(label, x) for label, points in series.items() for x, _, _ in points], log)
+    a hollow marker of the series at the same x. Returns what the caption should add about it. x is a ReLU count,
+    or with ``measured_x`` a measured quantity, where points of one series may fall together too: then every
+    point that would hide another is set apart (``side_by_side``'s visual rule)."""
+    def key(label: str, text: str) -> Hashable:
+        return (label, text) if measured_x else label
+
+    drawn = side_by_side([(key(label, text), x) for label, points in series.items() for x, text, _ in points], log,
+                         visual=measured_x)
     for i, (label, points) in enumerate(series.items()):
         points = sorted(points, key=lambda p: p[0])
-        xs = [drawn[label, x] for x, _, _ in points]
+        xs = [drawn[key(label, text), x] for x, text, _ in points]
         bars = [_error_bars([r["test_error"] for r in runs]) for _, _, runs in points]
         n = max(len(runs) for _, _, runs in points)
         line = ax.errorbar(xs, [m for m, _, _ in bars], yerr=[[lo for _, lo, _ in bars], [hi for _, _, hi in bars]],
@@ -259,9 +281,11 @@ def _draw_points(ax, series: dict[str, list[tuple[float, str, list[dict]]]], log
         for x, (_, text, _), (mean, _, _) in zip(xs, points, bars):
             if text:
                 texts.setdefault((x, mean), []).append(text)
-        for (x, mean), parts in texts.items():
-            ax.annotate("; ".join(parts), (x, mean), textcoords="offset points", xytext=(4, 4), fontsize=7,
-                        color=colour)
+        for j, ((x, mean), parts) in enumerate(texts.items()):
+            # a measured x may put a series' points close together: their labels alternate above and below
+            below = measured_x and j % 2 == 1
+            ax.annotate("; ".join(parts), (x, mean), textcoords="offset points", xytext=(4, -11 if below else 4),
+                        fontsize=7, color=colour)
         published = [(x, paper) for x, (_, _, runs) in zip(xs, points) if (paper := published_error(runs[0]))]
         if published:
             errors = [(p["test_error"], p.get("test_error_std") or 0.0) for _, p in published]
@@ -272,7 +296,8 @@ def _draw_points(ax, series: dict[str, list[tuple[float, str, list[dict]]]], log
                         linestyle="none", capsize=3, label=f"{label}: published")
     moved = any(x != px for (_, px), x in drawn.items())
     published = any(c.get_label().endswith(": published") for c in ax.containers)
-    return ("; points at one count are set side by side" if moved else "") + \
+    return (f"; points {'that would overlap' if measured_x else 'at one count'} are set side by side" if moved
+            else "") + \
         ("; hollow: the published value" if published else "")
 
 
@@ -287,11 +312,16 @@ def readable_log_ticks(axis) -> None:
         ticks = [m * 10.0 ** d for d in decades for m in mantissas if low <= m * 10.0 ** d <= high]
         if len(ticks) <= 10:
             break
+    digits = None
     if len(ticks) < 3:
         ticks = [t for t in MaxNLocator(nbins=5).tick_values(low, high) if low <= t <= high]
+        # even steps may fall between units (22.5, 0.05): as many decimals as the ticks need to read exactly
+        digits = next((d for d in range(8) if all(abs(t - round(t, d)) <= 1e-9 * max(1.0, abs(t)) for t in ticks)),
+                      8)
     axis.set_major_locator(FixedLocator(ticks))
     axis.set_minor_locator(NullLocator())
-    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}" if v >= 10 else f"{v:g}"))
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.{digits}f}" if digits is not None
+                                           else f"{v:,.0f}" if v >= 10 else f"{v:g}"))
 
 
 def write_plots(root: Path, results: list[dict]) -> list[Path]:
@@ -317,28 +347,105 @@ def write_plots(root: Path, results: list[dict]) -> list[Path]:
     if methods and len({r["relus"] for r in ok if r.get("relus") is not None}) > 1:
         plot_methods(ok, root / "pareto.png")
         written.append(root / "pareto.png")
+    with_cost = measured(ok)
+    if len({group_of(r) for r in with_cost}) > 1:
+        plot_communication(ok, root / "pareto_communication.png")
+        written.append(root / "pareto_communication.png")
+    if cost_fits(with_cost):
+        plot_cost_against_relus(with_cost, root / "communication_relus.png")
+        written.append(root / "communication_relus.png")
     return written
+
+
+def _method_series(results: list[dict], x_of: Callable[[list[dict]], float | None]) -> dict[str, list]:
+    """Label -> (x, point label, runs) per configuration, one series per method (``methods.series_key``); a
+    configuration whose ``x_of`` is None is left out."""
+    by_series: dict[tuple, dict[str, list[dict]]] = {}
+    for r in results:
+        by_series.setdefault(series_key(r), {}).setdefault(group_of(r), []).append(r)
+    labels = series_labels(sorted(by_series))
+    series = {labels[key]: [(x, point_label(runs[0]), runs) for runs in by_series[key].values()
+                            if (x := x_of(runs)) is not None] for key in sorted(by_series)}
+    return {label: points for label, points in series.items() if points}
+
+
+def _plot_series(series: dict[str, list], path: Path, xlabel: str, caption: str, measured_x: bool = False) -> Figure:
+    """Test error against a log x, one series per method (``_draw_points``), readable log ticks."""
+    fig = Figure(figsize=(8, 5), layout="constrained")
+    ax = fig.subplots()
+    notes = _draw_points(ax, series, log=True, measured_x=measured_x)
+    ax.set_xscale("log")
+    ax.margins(x=0.08)  # room for the labels of the outermost points
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("test error (%)")
+    readable_log_ticks(ax.xaxis)
+    _caption(fig, caption + notes, "")
+    ax.grid(alpha=0.3)
+    _legend(fig, ax, 2)
+    fig.savefig(path, dpi=100)
+    return fig
+
+
+def _finished(results: list[dict]) -> list[dict]:
+    return [r for r in results if is_ok(r) and r.get("test_error") is not None]
 
 
 def plot_methods(results: list[dict], path: Path) -> Figure:
     """Test error against ReLU count (log axis), one series per method, a point per configuration with mean ± std
     over seeds, labelled with its proportion or budget; the published values as hollow markers."""
-    ok = [r for r in results if is_ok(r) and r.get("relus") is not None and r.get("test_error") is not None]
-    by_series: dict[tuple, dict[str, list[dict]]] = {}
-    for r in ok:
-        by_series.setdefault(series_key(r), {}).setdefault(group_of(r), []).append(r)
+    series = _method_series([r for r in _finished(results) if r.get("relus") is not None],
+                            lambda runs: statistics.fmean(r["relus"] for r in runs))
+    return _plot_series(series, path, "ReLU elements in one forward pass on one image (log scale)",
+                        "Test error against ReLU count, one series per method, mean ± std over seeds")
+
+
+def _mean_mb(runs: list[dict]) -> float | None:
+    costs = [r["pi_cost"]["bytes"] / MB for r in measured(runs)]
+    return statistics.fmean(costs) if costs else None
+
+
+def plot_communication(results: list[dict], path: Path) -> Figure:
+    """The Pareto plot's second view: test error against the measured communication of one private inference
+    (log axis), one series per method; x is the mean over the configuration's measured runs, the error's mean ±
+    std over all its finished seeds."""
+    series = _method_series(_finished(results), _mean_mb)
+    return _plot_series(series, path, "communication of one private inference, both parties (MB, log scale)",
+                        "Test error against measured communication (SPU Cheetah, python -m erasenet.pi), one "
+                        "series per method; x: mean over the measured runs, error: mean ± std over seeds",
+                        measured_x=True)
+
+
+def plot_cost_against_relus(results: list[dict], path: Path) -> Figure:
+    """Per measured run, all the bytes and the comparisons' bytes against its kept ReLUs, one colour per method
+    series, with the least-squares lines of ``picost.cost_fits``: how far the ReLU count predicts the cost."""
+    runs = measured(results)
+    fits = {f.quantity: f.fit for f in cost_fits(runs)}
+    by_series: dict[tuple, list[dict]] = {}
+    for r in runs:
+        by_series.setdefault(series_key(r), []).append(r)
     labels = series_labels(sorted(by_series))
-    series = {labels[key]: [(statistics.fmean(r["relus"] for r in runs), point_label(runs[0]), runs)
-                            for runs in by_series[key].values()] for key in sorted(by_series)}
-    fig = Figure(figsize=(8, 5), layout="constrained")
-    ax = fig.subplots()
-    notes = _draw_points(ax, series, log=True)
-    ax.set_xscale("log")
-    ax.set_xlabel("ReLU elements in one forward pass on one image (log scale)")
-    ax.set_ylabel("test error (%)")
-    readable_log_ticks(ax.xaxis)
-    _caption(fig, "Test error against ReLU count, one series per method, mean ± std over seeds" + notes, "")
-    ax.grid(alpha=0.3)
-    _legend(fig, ax, 2)
+    fig = Figure(figsize=(11, 5), layout="constrained")
+    panels = fig.subplots(1, 2)
+    for ax, (quantity, key) in zip(panels, (("all traffic", "bytes"), ("comparisons (ReLU)", "comparison_bytes"))):
+        for i, key_of_series in enumerate(sorted(by_series)):
+            xs, ys = points(by_series[key_of_series], key)
+            ax.plot(xs, [y / MB for y in ys], MARKERS[i % len(MARKERS)], color=f"C{i % 10}", alpha=0.8,
+                    label=labels[key_of_series] if ax is panels[0] else None)
+        fit = fits.get(quantity)
+        if fit is not None:
+            low, high = ax.get_xlim()
+            xs = [max(low, 0.0), high]
+            line, = ax.plot(xs, [(fit.slope * x + fit.intercept) / MB for x in xs], "k--", linewidth=1)
+            r2 = "" if math.isnan(fit.r2) else f", R² = {fit.r2:.3f}"
+            ax.legend([line], [f"least squares: {fit.slope:,.1f} bytes per ReLU + {fit.intercept / MB:.3f} MB{r2}"],
+                      fontsize="small", loc="best")
+        ax.set_xlabel("ReLUs kept (one forward pass on one image)")
+        ax.set_ylabel(f"MB sent by both parties: {quantity}")
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
+        ax.grid(alpha=0.3)
+        ax.set_title(quantity, fontsize=9)
+    _caption(fig, f"Communication of one private inference (SPU Cheetah) against ReLU count, {len(runs)} measured "
+                  "runs; dashed: the least-squares line", "")
+    _legend(fig, panels[0], 3)
     fig.savefig(path, dpi=100)
     return fig

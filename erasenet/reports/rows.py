@@ -7,6 +7,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from .picost import Cost
 from .stats import Welch
 
 
@@ -49,6 +50,7 @@ class Row:
     family: str  # what it shares with its reference (reference_family)
     base: str  # its network and data (reports.methods.base_of)
     unerased: list[str]  # its overrides without erase.proportion
+    cost: Cost  # the private-inference cost of its measured runs (reports.picost)
     reference: str | None = None  # the config it is compared with
     welch: Welch | None = None  # its test errors minus the reference's
     reference_differs: bool = False  # the reference is not simply its overrides at erase.proportion=0

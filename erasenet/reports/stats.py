@@ -114,3 +114,27 @@ def holm(p_values: Sequence[float]) -> list[float]:
         running = max(running, min(1.0, (len(order) - k) * p_values[i]))
         adjusted[i] = running
     return adjusted
+
+
+@dataclass(frozen=True)
+class Fit:
+    """The least-squares line y = slope·x + intercept through n points, and its coefficient of determination."""
+
+    n: int
+    slope: float
+    intercept: float
+    r2: float  # 1 - residual / total sum of squares (NaN where every y is the same)
+
+
+def least_squares(xs: Sequence[float], ys: Sequence[float]) -> Fit | None:
+    """The ordinary least-squares line through the points; None with fewer than two distinct x."""
+    if len(xs) != len(ys) or len(set(xs)) < 2:
+        return None
+    mean_x, mean_y = statistics.fmean(xs), statistics.fmean(ys)
+    sxx = sum((x - mean_x) ** 2 for x in xs)
+    sxy = sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys))
+    slope = sxy / sxx
+    intercept = mean_y - slope * mean_x
+    total = sum((y - mean_y) ** 2 for y in ys)
+    residual = sum((y - slope * x - intercept) ** 2 for x, y in zip(xs, ys))
+    return Fit(len(xs), slope, intercept, 1.0 - residual / total if total > 0 else math.nan)

@@ -27,9 +27,10 @@ from omegaconf import OmegaConf
 from ..common.config import with_schema_defaults
 from ..common.records import (FAILURE_FILE, failure_of, final_train_error, finite, format_mean_std, format_p,
                                format_published, group_of, is_ok, mean_std, method_of, override_key, paper_applies,
-                               proportion_of, run_group, split_overrides)
+                               proportion_of, read_pi_cost, run_group, split_overrides)
 from ..common.runlock import RUNNING, describe, live_holder
 from .methods import base_of, budget_of, has_methods, methods_csv, methods_markdown
+from .picost import NOTE as COST_NOTE, cost_columns, cost_markdown, cost_of
 from .rows import Row
 from .stats import Welch, welch
 from .table import DASH, Column, always, csv_table, is_missing, markdown_table
@@ -45,7 +46,8 @@ _DATASET_PLACE_KEYS = ("root", "path", "index", "workers", "download")
 
 
 def find_results(root: Path) -> list[dict]:
-    """Every ``result.json`` below ``root``, each with its directory under ``_dir``; unreadable ones skipped."""
+    """Every ``result.json`` below ``root``, each with its directory under ``_dir`` and its private-inference
+    measurement (``pi_cost.json``, read when the summary is written) under ``pi_cost``; unreadable ones skipped."""
     found = []
     for path in sorted(Path(root).rglob("result.json")):
         try:
@@ -57,6 +59,10 @@ def find_results(root: Path) -> list[dict]:
         paper = _current_paper(path.parent)
         if paper is not None:
             result["paper"] = paper
+        try:
+            result["pi_cost"] = read_pi_cost(path.parent)
+        except ValueError as err:
+            print(f"warning: skipping the private-inference cost: {err}", file=sys.stderr)
         found.append(result)
     return found
 
@@ -170,7 +176,8 @@ def summarize(results: Iterable[dict]) -> list[Row]:
             params=first.get("params"), macs=first.get("macs"), relus=_mean(finite(r.get("relus") for r in ok)),
             seconds=mean_std(r.get("seconds") for r in ok)[0], proportion=proportion, method=method_of(first),
             budget=_mean(finite(budget_of(r) for r in ok)), family=reference_family(first), base=base_of(first),
-            unerased=[o for o in split_overrides(group) if override_key(o) != "erase.proportion"]))
+            unerased=[o for o in split_overrides(group) if override_key(o) != "erase.proportion"],
+            cost=cost_of(ok)))
     sources: list[tuple[str, str]] = []
     for row in rows:
         add_reference(row, rows)
@@ -311,6 +318,7 @@ COLUMNS: list[Column[Row]] = [
            _with_paper_train),
     Column("train_diff", attrgetter("train_diff"), "diff train", lambda r: _signed(r.train_diff), _with_paper_train),
     Column("relus", attrgetter("relus"), "ReLUs", lambda r: _exact(r.relus), _with_relus),
+    *cost_columns(attrgetter("cost"), count=attrgetter("n")),
     Column("params", attrgetter("params"), "params", lambda r: _count(r.params)),
     Column("macs", attrgetter("macs"), "MACs", lambda r: _count(r.macs)),
     Column("seconds", attrgetter("seconds"), "time/run (s)",
@@ -334,6 +342,8 @@ def to_markdown(rows: list[Row]) -> str:
         notes += ["The reference of a budgeted method (erase.method other than erase) is the original network: "
                   "the run of the same model and data at erase.proportion=0."]
     notes += [f"Reference of {r.config}: {r.reference}." for r in rows if r.reference_differs]
+    notes += [f"PI runs: the runs measured under two-party computation, of the finished ones; {COST_NOTE}"] \
+        if any(r.cost.n for r in rows) else []
     notes += [f"[{i}] {src}; diff = this row's {metric} minus the published value." for i, (src, metric) in
               sorted(sources.items())]
     failures = [f"- {r.config}{'' if seed is None else f', seed {seed}'}: {reason} ({run_dir})" for r in rows
@@ -360,7 +370,7 @@ def write_summary(root: Path) -> tuple[str, list[Path]]:
     results = find_results(root)
     rows = summarize(results + find_incomplete(root))
     plots = write_plots(root, results)
-    table = to_markdown(rows)
+    table = to_markdown(rows) + cost_markdown(results)
     if has_methods(results):
         table += methods_markdown(rows)
     markdown = (f"# Summary of {root}\n\nErrors in %, mean ± sample std over seeds (n runs); MACs and ReLUs of one "
