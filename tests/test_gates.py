@@ -298,3 +298,30 @@ def test_the_log_says_when_the_gates_did_not_separate(alive, caplog):
     else:
         assert len(warned) == 1 and "did not separate" in warned[0] and "100 ReLUs per image still had a gate" \
             in warned[0] and metrics["relus"] == 50
+
+
+def test_result_names_each_site_as_the_log_does_with_its_elements_and_kept_relus(reference):
+    _, out, result = reference
+    weights = load_checkpoint(list_checkpoints(out)[-1])["model"]
+    per_site = result["relus_per_site"]
+    assert [s["site"] for s in per_site] == result["erase"]["sites"] == result["erased"]  # every site is gated
+    for site in per_site:
+        mask = weights[f"{site['site']}.mask"]
+        assert site["elements"] == 32 and site["kept"] == int(mask.sum())
+    assert sum(s["kept"] for s in per_site) == result["relus"]
+
+
+def test_a_gated_stem_is_recorded_as_a_changed_fixed_site_and_shared_calls_keep_their_log_names():
+    from erasenet.erase import plan_erase
+    from erasenet.erase.rectifiers import relus_per_site
+
+    record = plan_erase(create_model("resnet20", num_classes=10), ErasePolicy(Gates(0.5)), input_shape=(3, 8, 8))
+    assert "stem.act" in record.sites and record.as_dict()["fixed_sites"] is True
+    erase_only = plan_erase(create_model("resnet20", num_classes=10), ErasePolicy(EraseReLU("last", 1.0)))
+    assert erase_only.as_dict()["fixed_sites"] is False
+    model = create_model("torchvision", num_classes=10, in_chans=1, arch="resnet18")
+    record = apply_erase(model, ErasePolicy(Gates(0.5), fixed_sites=True), input_shape=(1, 8, 8))
+    per_site = relus_per_site(model, (1, 8, 8))
+    assert "layer1.0.relu#2" in record.sites  # one call of torchvision's shared BasicBlock.relu
+    assert [s["site"] for s in per_site] == record.sites
+    assert all(s["kept"] == s["elements"] for s in per_site)  # every gate still at 1

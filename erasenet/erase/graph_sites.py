@@ -22,8 +22,9 @@ same submodules and state-dict keys), so the module's other calls are left as th
 from __future__ import annotations
 
 import operator
+import re
 from collections import Counter, defaultdict
-from typing import Callable, Sequence
+from typing import Callable, Container, Sequence
 
 import torch
 import torch.fx as fx
@@ -239,6 +240,19 @@ def _residual_units(graph: fx.Graph) -> dict[str, fx.Node]:
                                     "units as the modules that make the addition, so wrap each unit in a module")
             units[stack[-1]] = node
     return units
+
+
+_REWRITTEN_CALL = re.compile(r"^(?P<owner>.+)\.(?P<leaf>\w+)_call(?P<call>\d+)$")
+
+
+def site_of_module(module_name: str, module_names: Container[str]) -> str:
+    """The site name, as the erase record and the log write it, of the module that now stands at a site: one call
+    of a shared module, which :func:`erase_calls` rewrote into ``owner.relu_call2``, is ``owner.relu#2``; any other
+    module's site is its own name (``module_names``: the network's module names)."""
+    m = _REWRITTEN_CALL.match(module_name)
+    if m and f"{m['owner']}.{m['leaf']}" in module_names:
+        return f"{m['owner']}.{m['leaf']}#{m['call']}"
+    return module_name
 
 
 # --- erasing ----------------------------------------------------------------------------------------------------

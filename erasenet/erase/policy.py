@@ -134,6 +134,7 @@ class EraseRecord:
     num_blocks: int
     blocks: list[int] = field(default_factory=list)  # 1-indexed, as in the paper: those with a changed site
     sites: list[str] = field(default_factory=list)  # in forward order
+    fixed_changed: bool = False  # a site outside every block (a stem's) changed: fixed_sites, or a method's rule
 
     def as_dict(self) -> dict:
         """What ``result.json`` keeps as ``erase``. Every record has EraseReLU's ``location`` and ``proportion`` (a
@@ -141,7 +142,7 @@ class EraseRecord:
         new runs alike."""
         p = self.policy
         return {"method": p.method.name, **EraseReLU().record(), **p.method.record(), "replace": p.replace,
-                "fixed_sites": p.fixed_sites, "num_blocks": self.num_blocks, "blocks": self.blocks,
+                "fixed_sites": p.fixed_sites or self.fixed_changed, "num_blocks": self.num_blocks, "blocks": self.blocks,
                 "sites": self.sites}
 
     def summary(self) -> str:
@@ -177,7 +178,8 @@ def plan(sites: Sites, policy: ErasePolicy) -> tuple[EraseRecord, list[Site]]:
     chosen = sites.in_forward_order(list(dict.fromkeys(policy.method.choose(sites, policy.fixed_sites))))
     picked = set(chosen)
     blocks = [i + 1 for i, block in enumerate(sites.blocks) if picked.intersection(block.sites)]
-    return EraseRecord(policy, len(sites.blocks), blocks, [s.name for s in chosen]), chosen
+    return EraseRecord(policy, len(sites.blocks), blocks, [s.name for s in chosen],
+                       bool(picked.intersection(sites.fixed))), chosen
 
 
 def _check(policy: ErasePolicy, input_shape: Sequence[int] | None) -> Replacement:

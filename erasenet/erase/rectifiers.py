@@ -20,6 +20,8 @@ import torch.nn as nn
 from torch.func import functional_call
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from .graph_sites import site_of_module
+
 _aten = torch.ops.aten
 RECTIFIER_OPS = {_aten.relu.default: "relu", _aten.relu_.default: "relu_",
                  _aten._prelu_kernel.default: "prelu", _aten.prelu.default: "prelu"}
@@ -112,12 +114,19 @@ def count_relus(model: nn.Module, input_shape: Sequence[int]) -> int:
     A module that computes a ReLU for only some of its elements (an SNL gate, ``erasenet.erase.gates.Gate``: none
     under a gate at 0) says how many of a call's elements count through its ``counted_relus(elements)``.
     """
+    return sum(site["kept"] for site in relus_per_site(model, input_shape))
+
+
+def relus_per_site(model: nn.Module, input_shape: Sequence[int]) -> list[dict]:
+    """Per rectifier call of one forward pass, in forward order: its site (named as the erase record names it),
+    the ``elements`` it covers and the ReLU/PReLU evaluations it ``kept`` (fewer than its elements under a gate)."""
     modules = dict(model.named_modules())
-    total = 0
+    sites = []
     for call in rectifier_calls(model, input_shape):
         counted = getattr(modules.get(call.module), "counted_relus", None)
-        total += call.elements if counted is None else counted(call.elements)
-    return total
+        sites.append({"site": site_of_module(call.module, modules), "elements": call.elements,
+                      "kept": call.elements if counted is None else counted(call.elements)})
+    return sites
 
 
 def contract_violations(calls: Iterable[RectifierCall], declared: Sequence[str]) -> list[str]:

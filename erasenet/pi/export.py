@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import operator
-import re
 import warnings
 from pathlib import Path
 from typing import Any, Sequence
@@ -28,6 +27,7 @@ import torch.nn as nn
 
 from ..common.atomic import atomic_write, save_json
 from ..erase.gates import Gate
+from ..erase.graph_sites import site_of_module
 from . import reference
 
 NETWORK_FILE, WEIGHTS_FILE, ONNX_FILE = "network.json", "weights.npz", "model.onnx"
@@ -37,8 +37,7 @@ SUPPORTED = ("Conv2d, Linear, BatchNorm1d/2d, ReLU (module or functional), SNL g
              "over H and W, flatten/view/reshape, strided slicing, zero padding, concatenation, Identity, Dropout")
 _LEAVES = (nn.Conv2d, nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d, nn.ReLU, nn.PReLU, Gate, nn.AvgPool2d,
            nn.MaxPool2d, nn.AdaptiveAvgPool2d, nn.Flatten, nn.Identity, nn.Dropout)
-_SHAPE_ONLY = ("size", "dim")
-_REWRITTEN_CALL = re.compile(r"^(?P<owner>.+)\.(?P<leaf>\w+)_call(?P<call>\d+)$")  # methods whose results (ints) only size a reshape
+_SHAPE_ONLY = ("size", "dim")  # methods whose results (ints) only size a reshape
 
 
 class UnsupportedOperation(ValueError):
@@ -89,12 +88,7 @@ class _Translator:
     # --- helpers -----------------------------------------------------------------------------------------------
 
     def site_name(self, module_name: str) -> str:
-        """The site's name in the erase record and the log: one call of a shared module, which the graph
-        analysis rewrote into ``owner.relu_call2``, is ``owner.relu#2`` there."""
-        m = _REWRITTEN_CALL.match(module_name)
-        if m and f"{m['owner']}.{m['leaf']}" in self.modules:
-            return f"{m['owner']}.{m['leaf']}#{m['call']}"
-        return module_name
+        return site_of_module(module_name, self.modules)
 
     def value(self, arg: Any, node: fx.Node) -> str:
         if not isinstance(arg, fx.Node) or not torch.is_tensor(self.values.get(arg.name)):

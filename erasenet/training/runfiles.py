@@ -21,6 +21,7 @@ from ..common.atomic import atomic_write, save_json
 from .checkpoint import CHECKPOINT_DIR, list_checkpoints, save_run_checkpoint
 from ..data import describe_splits
 from ..erase import EraseRecord
+from ..erase.rectifiers import relus_per_site
 from ..common.errors import UserError
 from ..common.provenance import cpu_model, provenance
 from ..common.runlock import RunLock, RunLocked
@@ -138,6 +139,7 @@ def make_result(run: Run, status: str, failure: str | None, seconds: float) -> d
         "splits": counts.sizes, "split_sources": describe_splits(cfg.dataset), "params": counts.params,
         "macs": counts.macs, "relus": run.gates.relus() if run.gates is not None else counts.relus,
         "relus_original": counts.relus_original,
+        "relus_per_site": _relus_per_site(run),
         "erased": run.erased.sites, "erase": run.erased.as_dict(), "device": str(run.device),
         "cpu": cpu_model(), "num_threads": torch.get_num_threads(), "processes": run.dist.world_size,
         "seconds": seconds, "versions": library_versions(),
@@ -148,6 +150,16 @@ def make_result(run: Run, status: str, failure: str | None, seconds: float) -> d
     if run.teacher is not None:
         result["provenance"]["teacher"] = run.teacher.record()
     return result
+
+
+def _relus_per_site(run: Run) -> list[dict] | None:
+    """Per site of the delivered network: the elements it covers and the ReLUs it keeps (None where the network
+    cannot be counted on the meta device, as for ``relus``)."""
+    d = run.cfg.dataset
+    try:
+        return relus_per_site(run.model, (d.in_chans, d.image_size, d.image_size))
+    except (RuntimeError, NotImplementedError):
+        return None
 
 
 @contextlib.contextmanager
