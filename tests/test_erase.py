@@ -88,24 +88,23 @@ def test_run_directory_names_stay_short_and_distinct():
     assert len(run_dirname(long_a)) <= 120 and run_dirname(long_a) != run_dirname(long_b)
 
 
-def test_erase_owns_its_replacements_and_the_config_accepts_the_same():
-    from erasenet import erase
-    from erasenet.common import config
+def test_every_replacement_the_config_accepts_builds_what_it_names(make_cfg):
+    """The config checks erase.replace before torch is imported, so from its own list: each name it lets through
+    must build its module in the network (and nothing else may pass)."""
+    from erasenet.common.config import REPLACEMENTS, check_config
+    from erasenet.common.errors import UserError
+    from erasenet.training.build import build_model
 
-    assert tuple(erase.REPLACEMENTS) == tuple(config.REPLACEMENTS)  # config validates before torch is imported
-
-
-def test_the_bottom_layer_loads_no_config_hydra_or_training_module():
-    """``erasenet.models`` and ``erasenet.erase`` stand on torch alone (and torchvision/timm, lazily)."""
-    import subprocess
-    import sys
-
-    code = ("import sys, erasenet.models, erasenet.erase, erasenet.erase.rectifiers, erasenet.erase.graph_sites; "
-            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('hydra', 'omegaconf') or m in "
-            "('erasenet.common.config', 'erasenet.train', 'erasenet.training.run', 'erasenet.training.engine', "
-            "'erasenet.training.concurrent')))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]"
+    slopes = {"identity": None, "prelu": 1, "prelu_channel": 64}  # learned slopes at a 64-channel site
+    assert set(REPLACEMENTS) == set(slopes)
+    for name, count in slopes.items():
+        cfg = make_cfg("model=resnet", "model.depth=8", "erase.proportion=1", f"erase.replace={name}")
+        check_config(cfg)
+        site = build_model(cfg)[0].get_submodule("layer3.0.act_out")
+        assert isinstance(site, nn.Identity if count is None else nn.PReLU), name
+        assert count is None or site.weight.numel() == count, name
+    with pytest.raises(UserError, match="erase.replace='relu6'"):
+        check_config(make_cfg("erase.replace=relu6"))
 
 
 def test_describe_an_architecture_without_training(capsys):
