@@ -131,6 +131,7 @@ def test_atomic_write_follows_the_umask(tmp_path):
     assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o640
 
 
+@pytest.mark.slow
 def test_parallel_runs_share_the_cores(tmp_path):
     """Under hydra/launcher=parallel each run gets cores // n_jobs threads; result.json records the count."""
     if importlib.util.find_spec("hydra_plugins.hydra_joblib_launcher") is None:

@@ -295,6 +295,7 @@ def test_bench_measures_the_folder_loader_on_real_jpegs(tmp_path):
     assert len(list(tmp_path.glob("*.JPEG"))) == 4
 
 
+@pytest.mark.slow
 def test_bench_quick_runs_end_to_end_on_the_cpu(tmp_path):
     import json
     import subprocess
