@@ -21,6 +21,7 @@ from erasenet.training.distributed import Dist
 from erasenet.training.engine import train_one_epoch
 from erasenet.common.errors import UserError
 from erasenet.training.run import train_run, train_runs
+from conftest import train_cli
 from test_distributed import DDP_RUN, torchrun
 
 TINY = ("dataset=digits", "schedule=quick", "schedule.epochs=2", "schedule.milestones=[]", "model=mlp",
@@ -245,6 +246,7 @@ def test_seeds_trained_together_resume_mid_epoch_bit_exact_each_with_its_teacher
         assert again["provenance"]["teacher"]["path"].startswith(str(Path(teachers.format(seed=s)).resolve()))
 
 
+@pytest.mark.slow
 def test_two_ddp_processes_distil_like_one_process(tmp_path):
     teacher = tmp_path / "teacher"
     train_run(compose_cfg(*DDP_RUN, "trainer.tensorboard=false"), teacher)
@@ -263,14 +265,12 @@ def test_two_ddp_processes_distil_like_one_process(tmp_path):
 
 
 def test_the_cli_refuses_a_missing_teacher_in_one_paragraph_and_writes_nothing(tmp_path):
-    from conftest import run_cli
-
-    proc = run_cli(*TINY, teach("runs/nowhere/seed={seed}"), "seed=3", cwd=tmp_path)
+    proc = train_cli(*TINY, teach("runs/nowhere/seed={seed}"), "seed=3", cwd=tmp_path)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "the teacher runs/nowhere/seed=3" in proc.stderr and "does not exist" in proc.stderr
     assert not (tmp_path / "runs").exists()
     # seeds trained together are refused the same way, each rejected run directory removed
-    proc = run_cli("-m", *TINY, teach("runs/nowhere/seed={seed}"), "seed=0,1", "trainer.concurrent=2", cwd=tmp_path)
+    proc = train_cli("-m", *TINY, teach("runs/nowhere/seed={seed}"), "seed=0,1", "trainer.concurrent=2", cwd=tmp_path)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and "does not exist" in proc.stderr
     assert not list((tmp_path / "multirun").rglob("*seed=*"))
 
