@@ -63,7 +63,7 @@ def test_cifar_format_training(tmp_path, make_cfg):
 
 @pytest.mark.slow
 def test_multirun_summary_matches_the_runs(tmp_path):
-    proc = train_cli("-m", *TINY, "schedule.epochs=2", "trainer.tensorboard=false", "name=sweep",
+    proc = train_cli("-m", *TINY, "schedule.epochs=1", "trainer.tensorboard=false", "name=sweep",
                    "erase.proportion=0,1", "seed=0,1,2", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     sweep = tmp_path / "multirun" / "sweep"
