@@ -10,10 +10,10 @@ import sys
 
 import pytest
 
-from conftest import REPO, run_cli
+from conftest import REPO, CliRun, run_cli, train_cli
 
 
-def assert_one_paragraph_error(proc: subprocess.CompletedProcess, *expected: str) -> None:
+def assert_one_paragraph_error(proc: CliRun, *expected: str) -> None:
     out = proc.stdout + proc.stderr
     assert proc.returncode == 2, out
     assert "Traceback" not in out and "HYDRA_FULL_ERROR" not in out, out
@@ -41,15 +41,13 @@ def assert_one_paragraph_error(proc: subprocess.CompletedProcess, *expected: str
     (["--cfg", "job", "experiment=quikstart"], ["no preset 'quikstart'", "Did you mean quickstart?"]),
 ])
 def test_hydra_errors_are_one_paragraph(tmp_path, args, expected):
-    proc = run_cli(*args, "dataset=digits", cwd=tmp_path, timeout=60)
+    proc = train_cli(*args, "dataset=digits", cwd=tmp_path)
     assert_one_paragraph_error(proc, *expected)
     assert not list(tmp_path.iterdir())  # nothing written for a rejected command
 
 
 def test_full_error_still_gives_the_trace(tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(REPO), "HYDRA_FULL_ERROR": "1"}
-    proc = subprocess.run([sys.executable, "-m", "erasenet.train", "seed=abc"], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=60)
+    proc = train_cli("seed=abc", cwd=tmp_path, env={"HYDRA_FULL_ERROR": "1"})
     assert proc.returncode != 0 and "Traceback" in proc.stderr and "ConfigCompositionException" in proc.stderr
 
 
@@ -69,8 +67,8 @@ PLUGIN = {"parallel": "hydra_plugins.hydra_joblib_launcher", "slurm": "hydra_plu
 def test_a_sweep_reports_every_bad_job_before_training_any(tmp_path, launcher):
     if launcher in PLUGIN and importlib.util.find_spec(PLUGIN[launcher]) is None:
         pytest.skip(f"the {launcher} launcher's plugin is not installed")
-    proc = run_cli("-m", f"hydra/launcher={launcher}", "experiment=quickstart", "erase.proportion=0,1.5",
-                   "seed=0,abc", cwd=tmp_path, timeout=60)
+    proc = train_cli("-m", f"hydra/launcher={launcher}", "experiment=quickstart", "erase.proportion=0,1.5",
+                     "seed=0,abc", cwd=tmp_path)
     assert_one_paragraph_error(proc, "3 of the sweep's 4 jobs have a bad config, so none was started",
                                "erase.proportion=1.5 is outside [0, 1]", "seed=abc has the wrong type")
     assert not (tmp_path / "multirun").exists()
@@ -80,7 +78,7 @@ def test_a_sweep_reports_every_bad_job_before_training_any(tmp_path, launcher):
 def test_an_unknown_preset_in_a_sweep_is_refused_before_any_job(tmp_path, launcher):
     if launcher in PLUGIN and importlib.util.find_spec(PLUGIN[launcher]) is None:
         pytest.skip(f"the {launcher} launcher's plugin is not installed")
-    proc = run_cli("-m", f"hydra/launcher={launcher}", "experiment=quickstart,Quickstart", cwd=tmp_path, timeout=60)
+    proc = train_cli("-m", f"hydra/launcher={launcher}", "experiment=quickstart,Quickstart", cwd=tmp_path)
     assert_one_paragraph_error(proc, "1 of the sweep's 2 jobs have a bad config, so none was started",
                                "no preset 'Quickstart'", "Did you mean quickstart?")
     assert not list(tmp_path.iterdir())
@@ -90,11 +88,11 @@ def test_a_rejected_run_removes_only_the_directories_it_created(tmp_path):
     """The user's folders stay (even empty ones), and so do their files in a run directory they named."""
     mine = tmp_path / "mine" / "project"
     mine.mkdir(parents=True)
-    proc = run_cli("erase.proportion=2", f"hydra.run.dir={mine}/new/run", cwd=tmp_path, timeout=60)
+    proc = train_cli("erase.proportion=2", f"hydra.run.dir={mine}/new/run", cwd=tmp_path)
     assert_one_paragraph_error(proc, "erase.proportion=2.0 is outside [0, 1]")
     assert mine.is_dir() and not list(mine.iterdir())  # new/run/ (made for the run) went, project/ stayed
     (mine / "notes.txt").write_text("mine")
-    proc = run_cli("erase.proportion=2", f"hydra.run.dir={mine}", cwd=tmp_path, timeout=60)
+    proc = train_cli("erase.proportion=2", f"hydra.run.dir={mine}", cwd=tmp_path)
     assert_one_paragraph_error(proc, "erase.proportion=2.0 is outside [0, 1]")
     assert [p.name for p in mine.iterdir()] == ["notes.txt"]  # only Hydra's .hydra/ and train.log went
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"]
@@ -102,17 +100,18 @@ def test_a_rejected_run_removes_only_the_directories_it_created(tmp_path):
 
 def test_a_preset_sweeps_a_comma_separated_list_without_dash_m(tmp_path):
     # schedule.epochs=0 is refused for every job before any trains, and the refusal counts the jobs
-    proc = run_cli("experiment=quickstart", "erase.proportion=0,0.5", "schedule.epochs=0", cwd=tmp_path, timeout=60)
+    proc = train_cli("experiment=quickstart", "erase.proportion=0,0.5", "schedule.epochs=0", cwd=tmp_path)
     assert_one_paragraph_error(proc, "10 of the sweep's 10 jobs have a bad config")
 
 
 def test_a_sweep_writes_files_with_the_users_umask(tmp_path):
     """A good sweep still trains, and every file it writes (atomic renames included) is 0644 under umask 022."""
-    env = {**os.environ, "CI": "1", "PYTHONPATH": str(REPO)}
-    args = ["-m", "dataset=digits", "model=mlp", "model.depth=2", "model.width=32", "schedule=quick",
-            "schedule.epochs=1", "seed=0,1"]
-    proc = subprocess.run([sys.executable, "-m", "erasenet.train", *args], cwd=tmp_path, env=env, text=True,
-                          capture_output=True, timeout=300, preexec_fn=lambda: os.umask(0o022))
+    old = os.umask(0o022)
+    try:
+        proc = train_cli("-m", "dataset=digits", "model=mlp", "model.depth=2", "model.width=32", "schedule=quick",
+                         "schedule.epochs=1", "seed=0,1", cwd=tmp_path)
+    finally:
+        os.umask(old)
     assert proc.returncode == 0, proc.stderr
     sweep = tmp_path / "multirun" / "default"
     assert len(list(sweep.rglob("result.json"))) == 2
@@ -132,6 +131,7 @@ def test_atomic_write_follows_the_umask(tmp_path):
     assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o640
 
 
+@pytest.mark.slow
 def test_parallel_runs_share_the_cores(tmp_path):
     """Under hydra/launcher=parallel each run gets cores // n_jobs threads; result.json records the count."""
     if importlib.util.find_spec("hydra_plugins.hydra_joblib_launcher") is None:
@@ -148,7 +148,7 @@ def test_parallel_runs_share_the_cores(tmp_path):
 
 
 def test_help_describes_the_main_keys_and_wraps_every_list(tmp_path):
-    proc = run_cli("--help", cwd=tmp_path, timeout=60)
+    proc = train_cli("--help", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert max(len(line) for line in lines) <= 100

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO
+from conftest import REPO, train_cli
 from erasenet.training.build import build_run
 from erasenet.training.checkpoint import list_checkpoints, load_checkpoint
 from erasenet.training.distributed import Dist
@@ -50,8 +50,8 @@ def test_free_space_needed_counts_only_what_is_still_to_be_written(tmp_path, mak
 def test_a_full_disk_stops_the_cli_with_one_paragraph_and_failure_json(tmp_path):
     """ENOSPC injected inside the second checkpoint's bytes (erasenet.common.faults), as torch.save meets it (the first
     takes 199 writes)."""
-    code, out, err = finish(cli(*QUICK, "hydra.run.dir=run", cwd=tmp_path,
-                                env={"ERASENET_FAULT": "checkpoint.write:300:enospc"}))
+    proc = train_cli(*QUICK, "hydra.run.dir=run", cwd=tmp_path, env={"ERASENET_FAULT": "checkpoint.write:300:enospc"})
+    code, out, err = proc.returncode, proc.stdout, proc.stderr
     run = tmp_path / "run"
     assert code == 74, err[-3000:]
     assert "Traceback" not in out + err and "inline_container" not in out + err
@@ -62,9 +62,9 @@ def test_a_full_disk_stops_the_cli_with_one_paragraph_and_failure_json(tmp_path)
     failure = json.loads((run / "failure.json").read_text())
     assert failure["status"] == "failed" and failure["failure"].startswith("disk full")
     assert not (run / "result.json").exists() and not (run / ".lock").exists()
-    code, out, err = finish(cli(*QUICK, "hydra.run.dir=run", cwd=tmp_path))
-    assert code == 0, err[-3000:]
-    assert "resuming from" in err + out
+    proc = train_cli(*QUICK, "hydra.run.dir=run", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "resuming from" in proc.stderr + proc.stdout
     assert json.loads((run / "result.json").read_text())["status"] == "ok"
     assert not (run / "failure.json").exists()
 
@@ -91,6 +91,7 @@ def fill(disk: Path, name: str, leave: int) -> None:
             size -= f.write(chunk[:min(size, len(chunk))])
 
 
+@pytest.mark.slow
 def test_a_real_disk_filling_up_then_a_resume_once_there_is_room(small_disk, tmp_path):
     args = ("dataset=digits", "schedule=quick", "schedule.epochs=8", "model=mlp", "model.width=256",
             "trainer.tensorboard=false", "trainer.num_threads=1", "trainer.keep_checkpoints=2",
@@ -115,7 +116,7 @@ def test_a_real_disk_filling_up_then_a_resume_once_there_is_room(small_disk, tmp
     (small_disk / "filler").unlink()
     size = kept[-1].stat().st_size
     fill(small_disk, "filler", leave=LOG_ROOM + 2 * size)
-    code, out, err = finish(cli(*args, cwd=tmp_path))
-    assert code == 0, err[-3000:]
-    assert f"resuming from {kept[-1]}" in err + out
+    proc = train_cli(*args, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"resuming from {kept[-1]}" in proc.stderr + proc.stdout
     assert json.loads((run / "result.json").read_text())["epochs"] == 8

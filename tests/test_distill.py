@@ -22,6 +22,7 @@ from erasenet.training.engine import train_one_epoch
 from erasenet.common.errors import UserError
 from erasenet.training.run import train_run
 from erasenet.training.state import Job
+from conftest import train_cli
 from test_distributed import DDP_RUN, torchrun
 
 TINY = ("dataset=digits", "schedule=quick", "schedule.epochs=2", "schedule.milestones=[]", "model=mlp",
@@ -217,6 +218,7 @@ def test_resume_with_a_changed_teacher_is_refused(teachers, tmp_path):
         train_run(cfg, tmp_path / "student")
 
 
+@pytest.mark.slow
 def test_two_ddp_processes_distil_like_one_process(tmp_path):
     teacher = tmp_path / "teacher"
     train_run(compose_cfg(*DDP_RUN, "trainer.tensorboard=false"), teacher)
@@ -235,9 +237,7 @@ def test_two_ddp_processes_distil_like_one_process(tmp_path):
 
 
 def test_the_cli_refuses_a_missing_teacher_in_one_paragraph_and_writes_nothing(tmp_path):
-    from conftest import run_cli
-
-    proc = run_cli(*TINY, teach("runs/nowhere/seed={seed}"), "seed=3", cwd=tmp_path)
+    proc = train_cli(*TINY, teach("runs/nowhere/seed={seed}"), "seed=3", cwd=tmp_path)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "the teacher runs/nowhere/seed=3" in proc.stderr and "does not exist" in proc.stderr
     assert not (tmp_path / "runs").exists()

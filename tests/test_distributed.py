@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from conftest import REPO
@@ -30,6 +31,7 @@ def torchrun(*args: str, cwd, nproc: int = 2) -> subprocess.CompletedProcess:
                           timeout=300)
 
 
+@pytest.mark.slow
 def test_two_gloo_processes_train_like_one_process(tmp_path, make_cfg):
     proc = torchrun("trainer=ddp", *DDP_RUN, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -131,6 +133,7 @@ def test_ddp_trainer_without_a_launcher_is_one_process(tmp_path, make_cfg, caplo
         {k: plain[k] for k in ("test_error", "val_error", "train_error")}
 
 
+@pytest.mark.slow
 def test_ddp_trains_with_stochastic_depth(tmp_path):
     """A dropped branch still gets a (zero) gradient, so DDP's reducer finishes every step."""
     proc = torchrun("trainer=ddp", "dataset=digits", "schedule=quick", "schedule.epochs=1", "model=resnet",

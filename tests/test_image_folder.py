@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import run_cli
+from conftest import train_cli
 from dataset_formats import write_image_folder
 from erasenet.common.config import check_config
 from erasenet.data import build_loaders
@@ -117,7 +117,7 @@ def test_new_dataset_knobs_are_checked(make_cfg):
 
 
 def test_missing_imagenet_on_the_command_line(tmp_path):
-    proc = run_cli("dataset=imagenet", f"dataset.root={tmp_path}", cwd=tmp_path, timeout=120)
+    proc = train_cli("dataset=imagenet", f"dataset.root={tmp_path}", cwd=tmp_path)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr + proc.stdout
     assert f"{tmp_path}/imagenet" in proc.stderr and "image-net.org" in proc.stderr
 

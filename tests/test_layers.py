@@ -129,12 +129,24 @@ def test_wings_are_told_apart():
         "face", "training", "face", "models", "face", "common", "common"]
 
 
-def test_models_and_erase_load_neither_hydra_nor_omegaconf():
-    probe = ("import sys, erasenet.models, erasenet.erase; "
-             "print(sorted(m for m in ('hydra', 'omegaconf') if m in sys.modules))")
+# What each layer may not load, checked in one fresh Python: the torch-free records first, then the bottom layer.
+LOADS_NOTHING_OF = {
+    ("erasenet.common.records", "erasenet.reports.stats"): ("torch", "hydra", "omegaconf"),
+    # erasenet.models and erasenet.erase stand on torch alone (and torchvision/timm, lazily)
+    ("erasenet.models", "erasenet.erase", "erasenet.erase.rectifiers", "erasenet.erase.graph_sites"): (
+        "hydra", "omegaconf", "erasenet.common.config", "erasenet.train", "erasenet.training.run",
+        "erasenet.training.engine", "erasenet.training.state"),
+}
+
+
+def test_each_layer_loads_nothing_it_must_not():
+    probe = "import importlib, sys\n" + "".join(
+        f"for m in {modules!r}:\n    importlib.import_module(m)\n"
+        f"print(sorted(m for m in sys.modules if m in {banned!r} or m.split('.')[0] in {banned!r}))\n"
+        for modules, banned in LOADS_NOTHING_OF.items())
     out = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, check=True,
                          env={"PYTHONPATH": str(REPO), "PATH": ""})
-    assert out.stdout.strip() == "[]"
+    assert out.stdout.split("\n")[:len(LOADS_NOTHING_OF)] == ["[]"] * len(LOADS_NOTHING_OF), out.stdout
 
 
 def test_the_import_scan_resolves_relative_imports():

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO, run_cli
+from conftest import REPO, train_cli
 from erasenet.data import load_splits
 
 REAL_MNIST = REPO.parent / "shared" / "data" / "mnist"
@@ -47,11 +47,12 @@ def test_real_mnist_reads_and_splits(make_cfg, mnist_root):
     assert pixels.std().item() == pytest.approx(0.3081, abs=5e-4)
 
 
+@pytest.mark.slow
 def test_real_mnist_trains_through_the_cli(tmp_path, mnist_root):
-    proc = run_cli("dataset=mnist", f"dataset.root={mnist_root}", "dataset.download=false", "model=mlp",
-                   "model.depth=2", "model.width=64", "schedule=quick", "schedule.epochs=1", "schedule.lr=0.1",
-                   "schedule.batch_size=256", "trainer.num_threads=2", "trainer.tensorboard=false",
-                   f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    proc = train_cli("dataset=mnist", f"dataset.root={mnist_root}", "dataset.download=false", "model=mlp",
+                     "model.depth=2", "model.width=64", "schedule=quick", "schedule.epochs=1", "schedule.lr=0.1",
+                     "schedule.batch_size=256", "trainer.num_threads=2", "trainer.tensorboard=false",
+                     f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads((tmp_path / "run" / "result.json").read_text())
     # One epoch of a small MLP on real digits lands near 5% test error; shuffled labels or garbled pixels give ~90%.

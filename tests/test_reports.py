@@ -15,6 +15,7 @@ import pytest
 from omegaconf import OmegaConf
 from PIL import Image
 
+from conftest import train_cli
 from erasenet.common.errors import UserError
 from erasenet.results import main as results_main
 from erasenet.reports.summary import summarize, find_results, find_incomplete, to_csv, write_summary
@@ -445,13 +446,11 @@ def test_tensorboard_marks_swept_hyperparameters_as_differing(tmp_path, make_cfg
 
 
 def test_adding_a_published_value_to_a_finished_sweep_reuses_its_runs(tmp_path):
-    from conftest import run_cli
-
     sweep = ["-m", "model=mlp", "dataset=digits", "schedule=quick", "schedule.epochs=1", "trainer.tensorboard=false",
              "trainer.checkpoint=false", "name=published", "seed=0"]
-    first = run_cli(*sweep, cwd=tmp_path)
+    first = train_cli(*sweep, cwd=tmp_path)
     assert first.returncode == 0, first.stderr
-    again = run_cli(*sweep, 'paper.source="EraseReLU Table 2, ResNet-110, CIFAR-10"', "paper.test_error=6.43",
+    again = train_cli(*sweep, 'paper.source="EraseReLU Table 2, ResNet-110, CIFAR-10"', "paper.test_error=6.43",
                     cwd=tmp_path)
     assert again.returncode == 0, again.stderr
     root = tmp_path / "multirun" / "published"

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO
+from conftest import REPO, train_cli
 from erasenet.training.checkpoint import list_checkpoints, load_checkpoint
 from erasenet.common.errors import UserError
 from erasenet.reports.summary import summarize
@@ -39,6 +39,12 @@ def start(*args: str, cwd: Path) -> subprocess.Popen:
 def finish(proc: subprocess.Popen) -> tuple[int, str]:
     out, err = proc.communicate(timeout=300)
     return proc.returncode, out + err
+
+
+def resume(*args: str, cwd: Path) -> tuple[int, str]:
+    """The same command again, after the process was stopped: run in this process (the stop needed one)."""
+    proc = train_cli(*args, cwd=cwd)
+    return proc.returncode, proc.stdout + proc.stderr
 
 
 def run_dir(cwd: Path) -> Path:
@@ -93,6 +99,7 @@ def assert_same(resumed: Path, reference) -> None:
     assert steps == ref_steps == list(range(1, 9))  # TensorBoard: no repeated, no missing epoch
 
 
+@pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume_is_exact(tmp_path, reference):
     victim = start(*RESUMABLE, cwd=tmp_path)
     wait_for_checkpoint(tmp_path, "epoch0002_step*.pt")  # inside the third epoch
@@ -100,12 +107,13 @@ def test_sigkill_mid_epoch_then_resume_is_exact(tmp_path, reference):
     finish(victim)
     directory = run_dir(tmp_path)
     assert not (directory / "result.json").exists()
-    code, out = finish(start(*RESUMABLE, cwd=tmp_path))
+    code, out = resume(*RESUMABLE, cwd=tmp_path)
     assert code == 0, out[-3000:]
     assert "resuming from" in (directory / "train.log").read_text()
     assert_same(directory, reference)
 
 
+@pytest.mark.slow
 def test_sigterm_writes_a_checkpoint_and_exits_143_then_resumes(tmp_path, reference):
     victim = start(*RESUMABLE, cwd=tmp_path)
     wait_for_checkpoint(tmp_path, "epoch0001*.pt")
@@ -116,11 +124,12 @@ def test_sigterm_writes_a_checkpoint_and_exits_143_then_resumes(tmp_path, refere
     assert not (directory / "result.json").exists()
     state = load_checkpoint(list_checkpoints(directory)[-1])
     assert state["epoch"] < 8 and state["config"]["seed"] == 0
-    code, out = finish(start(*RESUMABLE, cwd=tmp_path))
+    code, out = resume(*RESUMABLE, cwd=tmp_path)
     assert code == 0, out[-3000:]
     assert_same(directory, reference)
 
 
+@pytest.mark.slow
 def test_ctrl_c_writes_a_checkpoint_says_so_in_one_line_and_exits_130_then_resumes(tmp_path, reference):
     victim = start(*RESUMABLE, cwd=tmp_path)
     wait_for_checkpoint(tmp_path, "epoch0001*.pt")
@@ -131,7 +140,7 @@ def test_ctrl_c_writes_a_checkpoint_says_so_in_one_line_and_exits_130_then_resum
     assert len(said) == 1 and "(SIGINT)" in said[0] and "run the same command again to resume" in said[0]
     directory = run_dir(tmp_path)
     assert not (directory / "result.json").exists() and load_checkpoint(list_checkpoints(directory)[-1])["epoch"] < 8
-    code, out = finish(start(*RESUMABLE, cwd=tmp_path))
+    code, out = resume(*RESUMABLE, cwd=tmp_path)
     assert code == 0, out[-3000:]
     assert_same(directory, reference)
 
@@ -299,6 +308,7 @@ def test_stop_signals_hand_the_signal_to_the_earlier_handler():
         signal.signal(signal.SIGUSR1, before)
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_a_sweep_the_same_way_and_the_same_command_finishes_it(tmp_path):
     sweep = ("-m", *QUICK, "schedule.epochs=6", "trainer.check_every=2", "seed=0,1")
     victim = start(*sweep, cwd=tmp_path)
@@ -310,6 +320,6 @@ def test_ctrl_c_stops_a_sweep_the_same_way_and_the_same_command_finishes_it(tmp_
     assert code == 130 and "Traceback" not in out
     assert len([line for line in out.splitlines() if "interrupted (SIGINT)" in line]) == 1
     assert not list(tmp_path.rglob("result.json"))
-    code, out = finish(start(*sweep, cwd=tmp_path))
+    code, out = resume(*sweep, cwd=tmp_path)
     assert code == 0, out[-3000:]
     assert len(list(tmp_path.rglob("result.json"))) == 2 and "resuming from" in out

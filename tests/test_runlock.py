@@ -128,6 +128,7 @@ def test_the_heartbeat_keeps_the_lock_fresh(tmp_path, monkeypatch):
     lock.release()
 
 
+@pytest.mark.slow
 def test_two_identical_commands_train_once(tmp_path):
     """The second command is refused while the first trains; the first goes on alone, its log without doubles."""
     args = (*QUICK, "schedule.epochs=100000", "hydra.run.dir=run")  # trains until stopped
@@ -154,6 +155,7 @@ def test_two_identical_commands_train_once(tmp_path):
     assert not (run / LOCK_FILE).exists()
 
 
+@pytest.mark.slow
 def test_a_sweep_skips_a_run_held_elsewhere_and_lists_it(tmp_path):
     sweep = tmp_path / "sweep"
     held = RunLock(sweep / "1")

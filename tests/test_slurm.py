@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO, run_cli
+from conftest import REPO, run_cli, train_cli
 from erasenet.training.checkpoint import list_checkpoints, load_checkpoint
 
 
@@ -29,6 +29,7 @@ def _cluster_answers() -> bool:
 
 
 pytestmark = [
+    pytest.mark.slow,
     pytest.mark.skipif(shutil.which("sbatch") is None,
                        reason="no Slurm on this machine (sbatch not found); `sudo scripts/slurm_local.sh start` "
                               "installs and starts a single-node one"),
@@ -132,7 +133,7 @@ def job_logs(root: Path, job: str = "*") -> str:
 def test_a_slurm_sweep_writes_what_the_local_launcher_writes(tmp_path):
     on_slurm = start_cli("-m", *SLURM, *RUN, "seed=0,1", cwd=tmp_path / "slurm")
     (tmp_path / "local").mkdir()
-    local = run_cli("-m", *RUN, "seed=0,1", cwd=tmp_path / "local")
+    local = train_cli("-m", *RUN, "seed=0,1", cwd=tmp_path / "local")
     assert local.returncode == 0, local.stderr[-3000:]
     code, out, err = finish(on_slurm)
     assert code == 0, err[-3000:]

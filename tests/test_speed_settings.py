@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import run_cli
+from conftest import train_cli
 from erasenet.training.accel import Accel, compile_model, to_channels_last
 from erasenet.data import TensorLoader
 from erasenet.training.engine import build_optimizer, evaluate
@@ -87,5 +87,5 @@ def test_compile_warm_up_changes_no_result(digits, schedule):
     (["trainer.amp=fp16", "trainer.device=cpu", "dataset=digits"], "needs a CUDA GPU"),
 ])
 def test_bad_speed_knobs_are_one_clear_paragraph(tmp_path, args, expected):
-    proc = run_cli(*args, cwd=tmp_path, timeout=120)
+    proc = train_cli(*args, cwd=tmp_path)
     assert proc.returncode == 2 and expected in proc.stderr and "Traceback" not in proc.stderr

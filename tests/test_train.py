@@ -7,7 +7,7 @@ import statistics
 import pytest
 import torch
 
-from conftest import run_cli, write_cifar
+from conftest import train_cli, write_cifar
 from erasenet.reports.summary import find_results, summarize, write_summary
 from erasenet.training.run import train_run
 
@@ -60,8 +60,9 @@ def test_cifar_format_training(tmp_path, make_cfg):
     assert len(result["erased"]) == 9
 
 
+@pytest.mark.slow
 def test_multirun_summary_matches_the_runs(tmp_path):
-    proc = run_cli("-m", *TINY, "schedule.epochs=2", "trainer.tensorboard=false", "name=sweep",
+    proc = train_cli("-m", *TINY, "schedule.epochs=1", "trainer.tensorboard=false", "name=sweep",
                    "erase.proportion=0,1", "seed=0,1,2", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     sweep = tmp_path / "multirun" / "sweep"
@@ -121,7 +122,7 @@ def test_results_cli_errors(tmp_path):
 ])
 def test_bad_input_is_one_clear_paragraph(tmp_path, args, expected):
     root = ["dataset.root=" + str(tmp_path / "empty")]
-    proc = run_cli(*args, *root, cwd=tmp_path, timeout=60)
+    proc = train_cli(*args, *root, cwd=tmp_path)
     assert proc.returncode != 0
     assert expected in proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout
@@ -130,7 +131,7 @@ def test_bad_input_is_one_clear_paragraph(tmp_path, args, expected):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
 def test_cuda_without_gpu_is_refused(tmp_path):
-    proc = run_cli("dataset=digits", "trainer.device=cuda", cwd=tmp_path, timeout=60)
+    proc = train_cli("dataset=digits", "trainer.device=cuda", cwd=tmp_path)
     assert proc.returncode == 2 and "no CUDA GPU" in proc.stderr and "Traceback" not in proc.stderr
 
 
@@ -188,7 +189,7 @@ def test_prelu_slopes_escape_weight_decay_only_when_asked(make_cfg):
 def test_a_run_with_slopes_per_channel_and_no_slope_decay_finishes_and_resumes_exactly(tmp_path):
     args = (*TINY[:2], "schedule.epochs=2", "trainer.tensorboard=false", "trainer.num_threads=1", "erase=prelu_all",
             "erase.replace=prelu_channel", "schedule.prelu_weight_decay=false", "model=resnet", "model.depth=8")
-    proc = run_cli(*args, cwd=tmp_path)
+    proc = train_cli(*args, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     run = next((tmp_path / "runs").glob("*/*"))
     result = json.loads((run / "result.json").read_text())
@@ -203,7 +204,7 @@ def test_a_run_with_slopes_per_channel_and_no_slope_decay_finishes_and_resumes_e
     # the same command continues from the first epoch's checkpoint: two groups' state loads back
     (run / "result.json").unlink()
     (run / "checkpoints" / "epoch0002.pt").unlink()
-    proc = run_cli(*args, cwd=tmp_path)
+    proc = train_cli(*args, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "resuming from" in (run / "train.log").read_text()
     again = torch.load(run / "checkpoints" / "epoch0002.pt", weights_only=True)
