@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from conftest import REPO
 from erasenet.common.errors import UserError
 from erasenet.erase import ErasePolicy, apply_erase
-from erasenet.erase.gates import Gate, gates_of
+from erasenet.erase.gates import Gate, Gates, gates_of
 from erasenet.erase.rectifiers import count_relus
 from erasenet.models import create_model
 from erasenet.pi import cost, measure, reference
@@ -74,7 +74,7 @@ def gated_resnet(kept_fraction: float, seed: int = 0) -> nn.Module:
     """The zoo's ResNet-8 on 1x8x8 with an element gate on every site, binarised at random."""
     torch.manual_seed(seed)
     model = create_model("resnet", depth=8, num_classes=10, in_chans=1)
-    apply_erase(model, ErasePolicy(method="gates", budget=0.5, granularity="element"), input_shape=(1, 8, 8))
+    apply_erase(model, ErasePolicy(Gates(budget=0.5, granularity="element")), input_shape=(1, 8, 8))
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for _, gate in gates_of(model):
@@ -118,7 +118,7 @@ def test_torchvision_resnet_with_gates_on_shared_relus(tmp_path):
 
     torch.manual_seed(0)
     model = torchvision.models.resnet18(num_classes=10)
-    record = apply_erase(model, ErasePolicy(method="gates", budget=0.5, granularity="channel"),
+    record = apply_erase(model, ErasePolicy(Gates(budget=0.5, granularity="channel")),
                          input_shape=(3, 32, 32))
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():

@@ -323,3 +323,18 @@ def test_ctrl_c_stops_a_sweep_the_same_way_and_the_same_command_finishes_it(tmp_
     code, out = resume(*sweep, cwd=tmp_path)
     assert code == 0, out[-3000:]
     assert len(list(tmp_path.rglob("result.json"))) == 2 and "resuming from" in out
+
+
+def test_a_resumed_runs_event_file_sorts_after_the_killed_sessions(tmp_path):
+    """TensorBoard reads event files in name order (second opened, host, pid): a resume within the second the
+    killed session opened its file must still come after it, or its purge of that session's last epochs is lost."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    from erasenet.training.runfiles import wait_to_sort_last
+
+    killed = tmp_path / f"events.out.tfevents.{int(time.time()):010d}.host.{2**31 - 1}.0"
+    killed.write_bytes(b"")
+    wait_to_sort_last(tmp_path)
+    writer = SummaryWriter(str(tmp_path))
+    writer.close()
+    assert sorted(p.name for p in tmp_path.iterdir())[-1] != killed.name

@@ -7,6 +7,7 @@ import json
 import logging
 import platform
 import shutil
+import time
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
@@ -64,6 +65,7 @@ class RunFiles:
             from torch.utils.tensorboard import SummaryWriter
 
             # scalars are logged at step = epoch (1-based): purge what a killed session logged after the checkpoint
+            wait_to_sort_last(self.out_dir / "tb")
             self.writer = SummaryWriter(str(self.out_dir / "tb"), purge_step=None if fresh else state.epoch + 1)
             if fresh:
                 self.writer.add_text("config", "```\n" + OmegaConf.to_yaml(cfg) + "\n```")
@@ -101,6 +103,19 @@ class RunFiles:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def wait_to_sort_last(tb_dir: Path) -> None:
+    """Wait, at most a second, until a new event file's name sorts after every one in ``tb_dir``.
+
+    TensorBoard reads a directory's event files in name order, and the name starts with the second it was opened in
+    and then the process id: a run resumed within the second its killed session opened its file could sort first,
+    and its purge of the killed session's last epochs would come before them instead of after.
+    """
+    seconds = [int(p.name.split(".")[3]) for p in tb_dir.glob("events.out.tfevents.*") if p.name.count(".") >= 4
+               and p.name.split(".")[3].isdigit()]
+    if seconds and time.time() < max(seconds) + 1:
+        time.sleep(max(seconds) + 1 - time.time())
 
 
 def append(f: BinaryIO, line: bytes) -> None:
