@@ -114,32 +114,20 @@ def test_sigkill_mid_epoch_then_resume_is_exact(tmp_path, reference):
 
 
 @pytest.mark.slow
-def test_sigterm_writes_a_checkpoint_and_exits_143_then_resumes(tmp_path, reference):
+@pytest.mark.parametrize("stop, status", [(signal.SIGTERM, 143), (signal.SIGINT, 130)], ids=["SIGTERM", "Ctrl-C"])
+def test_a_stop_signal_writes_a_checkpoint_says_so_in_one_line_exits_128_plus_n_then_resumes(
+        tmp_path, reference, stop, status):
     victim = start(*RESUMABLE, cwd=tmp_path)
     wait_for_checkpoint(tmp_path, "epoch0001*.pt")
-    victim.send_signal(signal.SIGTERM)
+    victim.send_signal(stop)
     code, out = finish(victim)
+    assert code == status and "Traceback" not in out and "KeyboardInterrupt" not in out
+    said = [line for line in out.splitlines() if "interrupted" in line]
+    assert len(said) == 1 and f"({stop.name})" in said[0] and "run the same command again to resume" in said[0]
     directory = run_dir(tmp_path)
-    assert code == 143 and "interrupted (SIGTERM)" in out and "Traceback" not in out
     assert not (directory / "result.json").exists()
     state = load_checkpoint(list_checkpoints(directory)[-1])
     assert state["epoch"] < 8 and state["config"]["seed"] == 0
-    code, out = resume(*RESUMABLE, cwd=tmp_path)
-    assert code == 0, out[-3000:]
-    assert_same(directory, reference)
-
-
-@pytest.mark.slow
-def test_ctrl_c_writes_a_checkpoint_says_so_in_one_line_and_exits_130_then_resumes(tmp_path, reference):
-    victim = start(*RESUMABLE, cwd=tmp_path)
-    wait_for_checkpoint(tmp_path, "epoch0001*.pt")
-    victim.send_signal(signal.SIGINT)
-    code, out = finish(victim)
-    assert code == 130 and "Traceback" not in out and "KeyboardInterrupt" not in out
-    said = [line for line in out.splitlines() if "interrupted" in line]
-    assert len(said) == 1 and "(SIGINT)" in said[0] and "run the same command again to resume" in said[0]
-    directory = run_dir(tmp_path)
-    assert not (directory / "result.json").exists() and load_checkpoint(list_checkpoints(directory)[-1])["epoch"] < 8
     code, out = resume(*RESUMABLE, cwd=tmp_path)
     assert code == 0, out[-3000:]
     assert_same(directory, reference)

@@ -13,7 +13,7 @@ import dataclasses
 import hashlib
 import string
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
@@ -242,6 +242,11 @@ def _fail(problem: str, fix: str) -> None:
     raise UserError(f"{problem} {fix}")
 
 
+def _one_of(key: str, value: str, choices: Sequence[str]) -> None:
+    if value not in choices:
+        _fail(f"{key}={value!r} is unknown.", f"Use one of {', '.join(choices)}.")
+
+
 def check_config(cfg: DictConfig) -> None:
     """Every invariant the types alone cannot express; raises ``UserError`` on the first broken one."""
     e, s, d, t = cfg.erase, cfg.schedule, cfg.dataset, cfg.trainer
@@ -280,25 +285,19 @@ def check_config(cfg: DictConfig) -> None:
     if s.warmup_iters < 0 or s.warmup not in ("constant", "linear"):
         _fail(f"schedule.warmup_iters={s.warmup_iters}, schedule.warmup={s.warmup!r}.",
               "warmup_iters must be >= 0 and warmup one of constant, linear.")
-    if t.device not in DEVICES:
-        _fail(f"trainer.device={t.device!r} is unknown.", f"Use one of {', '.join(DEVICES)}.")
-    if t.progress not in PROGRESS:
-        _fail(f"trainer.progress={t.progress!r} is unknown.", f"Use one of {', '.join(PROGRESS)}.")
+    _one_of("trainer.device", t.device, DEVICES)
+    _one_of("trainer.progress", t.progress, PROGRESS)
     if s.lr_scaling not in ("none", "linear") or s.base_batch_size < 1:
         _fail(f"schedule.lr_scaling={s.lr_scaling!r}, schedule.base_batch_size={s.base_batch_size}.",
               "lr_scaling must be none or linear, and base_batch_size a positive batch size.")
-    if t.resume not in RESUME:
-        _fail(f"trainer.resume={t.resume!r} is unknown.", f"Use one of {', '.join(RESUME)}.")
-    if t.backend not in BACKENDS:
-        _fail(f"trainer.backend={t.backend!r} is unknown.", f"Use one of {', '.join(BACKENDS)}.")
+    _one_of("trainer.resume", t.resume, RESUME)
+    _one_of("trainer.backend", t.backend, BACKENDS)
     if t.keep_checkpoints < 1 or t.check_every < 1 or t.checkpoint_every_min < 0:
         _fail(f"trainer.keep_checkpoints={t.keep_checkpoints}, trainer.check_every={t.check_every}, "
               f"trainer.checkpoint_every_min={t.checkpoint_every_min}.",
               "keep_checkpoints and check_every must be at least 1, checkpoint_every_min at least 0.")
-    if t.amp not in AMP:
-        _fail(f"trainer.amp={t.amp!r} is unknown.", f"Use one of {', '.join(AMP)}.")
-    if t.compile_mode not in COMPILE_MODES:
-        _fail(f"trainer.compile_mode={t.compile_mode!r} is unknown.", f"Use one of {', '.join(COMPILE_MODES)}.")
+    _one_of("trainer.amp", t.amp, AMP)
+    _one_of("trainer.compile_mode", t.compile_mode, COMPILE_MODES)
     if d.val_size < 0:
         _fail(f"dataset.val_size={d.val_size} is negative.", "Use 0 (no validation split) or a positive count.")
     if len(d.mean) != len(d.std) or (d.mean and len(d.mean) != d.in_chans) or any(x <= 0 for x in d.std):
