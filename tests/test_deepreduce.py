@@ -4,8 +4,10 @@ count worked out here by hand from its definition."""
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from erasenet.common.config import check_config
+from erasenet.common.records import published_error
 from erasenet.erase.rectifiers import count_relus
 from erasenet.training.build import build_model, image_shape
 
@@ -122,6 +124,9 @@ def test_each_published_accuracy_is_recorded_with_its_source(make_cfg, k):
         return
     quoted_k, accuracy = QUOTED[k]
     assert cfg.paper.test_error == pytest.approx(100 - accuracy, abs=1e-9) and cfg.paper.metric == "test_error"
+    # the summary compares a culling run with it (a budgeted run has no proportion for the record to name)
+    paper = OmegaConf.to_container(cfg.paper)
+    assert published_error({"erase": {"method": "cull", "proportion": 0.0}, "paper": paper}) == paper
     assert f"{accuracy:.2f}% at {quoted_k}K" in cfg.paper.source and "tiny_imagenet_results.py" in cfg.paper.source
     # erasenet's count of the preset's network, to the quoted precision, is the quoted count; the quote's 114.0K
     # is the exception (114,688 is 114.7K), which the 115k preset's header states
