@@ -1,16 +1,23 @@
 """``python -m erasenet.criticality DIR``: DeepReDuce's ReLU criticality, the ranking of a network's stages.
 
-DeepReDuce (Jha et al., ICML 2021) measures how critical the ReLUs of each stage are by training, for each stage
-k, the network that keeps the ReLUs of stage k alone (every other stage culled, the stem's ReLU too) and comparing
-their accuracies: the stage whose ReLUs alone give the most accurate network is the most critical, and culling
-removes the least critical stages first. Such a sweep is ``erase=cull erase.fixed_sites=true`` with
-``erase.cull_stages`` naming every stage but one, for each stage (preset ``deepreduce2021/resnet18_c100_criticality``
-for the CIFAR ResNet-18; on any network, e.g. a ResNet-20's three stages: ``erase.cull_stages=[2,3],[1,3],[1,2]``).
+DeepReDuce (Jha et al., ICML 2021) profiles how critical the ReLUs of each stage are before culling (the profiling
+step of its Figure 4): for each stage k it trains the network that keeps the ReLUs of stage k alone (every other
+stage culled) and compares those networks; culling then removes the least critical stages first. Such a sweep is
+``erase=cull erase.fixed_sites=true`` with ``erase.cull_stages`` naming every stage but one, for each stage (preset
+``deepreduce2021/resnet18_c100_criticality`` for the CIFAR ResNet-18; on any network, e.g. a ResNet-20's three
+stages: ``erase.cull_stages=[2,3],[1,3],[1,2]``). The preset culls the stem's ReLU in every arm, as every released
+DeepReDuce model does (whether the paper's profiling networks keep it was not found).
 
-This command reads the finished runs below DIR, keeps those that kept exactly one stage, and ranks the stages by
-the mean best validation error over seeds (erasenet's rule: test numbers never choose); ties go to the stage with
-fewer ReLUs. It prints the ranking and writes ``criticality.md`` and ``criticality.json`` into DIR. The preset runs it
-when its multirun ends (``CriticalityCallback``).
+This command reads the finished runs below DIR, keeps those that kept exactly one stage (unthinned), groups them by
+network, data, schedule, distillation and stem treatment, and ranks the stages of the largest group by the mean
+best validation error over seeds (lower: more critical); ties go to the stage with fewer ReLUs. It prints the
+ranking with each stage's test error and ReLUs kept, and writes ``criticality.md`` and ``criticality.json`` into DIR.
+The preset runs it when its multirun ends (``CriticalityCallback``).
+
+Where this departs from the paper: the paper's criticality metric weighs each stage's accuracy against its ReLU
+cost; its formula was not available to this project, so the ranking here is on accuracy alone, with the ReLUs kept
+beside it (``criticality.json`` holds both, per stage, to apply another metric). It ranks on validation, never on
+test.
 """
 
 from __future__ import annotations
@@ -32,11 +39,15 @@ REPORT_MD, REPORT_JSON = "criticality.md", "criticality.json"
 
 
 def _family(result: dict) -> str:
-    """What must agree for two runs to be arms of one criticality sweep: network, data, schedule, distillation."""
+    """What must agree for two runs to be arms of one criticality sweep: network, data, schedule, distillation,
+    and what stands in a culled ReLU and whether the stem's ReLU is culled too (an arm that keeps the stem's ReLU
+    beside its stage measures more than that stage)."""
     config = result.get("config") or {}
     dataset = {k: v for k, v in (config.get("dataset") or {}).items()
                if k not in ("root", "path", "index", "workers", "download")}
-    return json.dumps({k: config.get(k) for k in ("model", "schedule", "distill")} | {"dataset": dataset},
+    erase = result.get("erase") or {}
+    return json.dumps({k: config.get(k) for k in ("model", "schedule", "distill")} | {"dataset": dataset}
+                      | {"replace": erase.get("replace"), "fixed_sites": erase.get("fixed_sites")},
                       sort_keys=True, default=str)
 
 
@@ -111,7 +122,8 @@ def to_markdown(rows: list[dict]) -> str:
     lines += [f"| {row['rank']} | {row['stage']} | {row['n']} | {_pm(row['val_error'], row['val_error_std'])} | "
               f"{_pm(row['test_error'], row['test_error_std'])} | {row['relus']:,} |" for row in rows]
     lines += ["", "Ranked on the mean best validation error over seeds (lower: more critical); ties go to fewer "
-              "ReLUs. The test error is reported, never used."]
+              "ReLUs. The test error is reported, never used. DeepReDuce's own metric also weighs each stage's "
+              "ReLU cost; its formula was not available, so this ranking is on accuracy alone."]
     return "\n".join(lines) + "\n"
 
 

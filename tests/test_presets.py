@@ -43,9 +43,11 @@ def test_preset_composes_and_builds(make_cfg, preset):
         assert record.sites, "a preset that erases must change some site"
     else:
         assert not record.sites
-    if cfg.paper.test_error is not None:
+    if cfg.paper.test_error is not None and cfg.erase.method == "erase":
         assert cfg.paper.source and cfg.paper.proportion is not None
         assert cfg.paper.proportion == cfg.erase.proportion or cfg.paper.proportion == 0.0
+    elif cfg.paper.test_error is not None:  # a budgeted method has no proportion: a record with one never applies
+        assert cfg.paper.source and cfg.paper.proportion is None
     if cfg.erase.proportion > 0 and "form" in cfg.model and cfg.erase.location == "last":
         assert cfg.model.form == "post"  # EraseReLU erases the last ReLU of after-activation blocks
 
