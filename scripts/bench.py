@@ -382,7 +382,7 @@ def main() -> int:
           f"trainer.amp=auto is {out['amp']}, cudnn.benchmark {out['cudnn_benchmark']}, TF32 {out['tf32']}",
           flush=True)
     start = time.perf_counter()
-    out["loader"] = bench_loaders(device, 4096 if args.quick else 10240, 128, args.workers)
+    out["loader"] = bench_loaders(device, (4096 if gpu else 1024) if args.quick else 10240, 128, args.workers)
     print(f"\nloader, CIFAR-shaped, batch 128: PIL Dataset+DataLoader ({args.workers} workers) "
           f"{out['loader']['pil_images_per_s']:.0f} img/s, TensorLoader {out['loader']['tensor_images_per_s']:.0f}"
           f" img/s, ratio {out['loader']['loader_ratio']:.1f}x", flush=True)
@@ -403,7 +403,7 @@ def main() -> int:
         print("\nImageNet ResNet-50 at batch 256: skipped (GPU only)")
     print("\naten ops of one training step (batch 8)\n\n| model | amp | forward | whole step |\n|---|---|---|---|",
           flush=True)
-    out["step_ops"] = count_step_ops(["resnet20", "resnet110"], device)
+    out["step_ops"] = count_step_ops(["resnet20"] if args.quick else ["resnet20", "resnet110"], device)
     print("\nImageNet folder loader, one worker (images per CPU second)\n\n| JPEG (quality 90) | transform | full decode | "
           "reduced decode | ratio |\n|---|---|---|---|---|", flush=True)
     with tempfile.TemporaryDirectory(prefix="erasenet-bench-") as tmp:

@@ -31,8 +31,8 @@ def test_every_paper_has_presets():
 
 
 @pytest.mark.parametrize("preset", PRESETS)
-def test_preset_composes_and_builds(make_cfg, preset):
-    cfg = make_cfg(f"experiment={preset}")
+def test_preset_composes_and_builds(composed, preset):
+    cfg = composed[preset]
     check_config(cfg)
     with torch.device("meta"):
         model, record = build_model(cfg)
