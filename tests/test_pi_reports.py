@@ -10,19 +10,16 @@ import csv
 import io
 import json
 import math
-import os
 import shutil
 import statistics
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import REPO
 from erasenet.common.atomic import save_json
 from erasenet.pi import measure
+from erasenet.pi.__main__ import main as pi_main
 from erasenet.reports.plots import SIDE_STEP, plot_communication, side_by_side
 from erasenet.reports.stats import least_squares
 from erasenet.reports.summary import find_results, write_summary
@@ -225,18 +222,18 @@ def test_an_unreadable_cost_file_is_skipped_with_a_warning(erase_sweep, tmp_path
 
 
 @needs_spu
-def test_real_measurements_reach_the_summary(tmp_path):
+def test_real_measurements_reach_the_summary(tmp_path, monkeypatch, capsys):
     """Real runs measured under Cheetah by the command a user types, then python -m erasenet.results."""
     root = tmp_path / "sweep"
     for p in (0, 0.5):
         group = f"erase.proportion={p}"
         cfg = compose_cfg(*[o for o in TINY if o != "trainer.checkpoint=false"], group, "seed=0")
         train_run(cfg, root / f"{group},seed=0", overrides=[group, "seed=0"], group=group)
-    env = {**os.environ, "ERASENET_PI_PYTHON": str(SPU), "PYTHONPATH": str(REPO)}
-    done = subprocess.run([sys.executable, "-m", "erasenet.pi", str(root)], capture_output=True, text=True, env=env,
-                          timeout=600)
-    assert done.returncode == 0, done.stderr
-    assert f"python -m erasenet.results {root}" in done.stdout
+    monkeypatch.setenv("ERASENET_PI_PYTHON", str(SPU))
+    code = pi_main([str(root)])
+    said = capsys.readouterr()
+    assert code == 0, said.err
+    assert f"python -m erasenet.results {root}" in said.out
     assert results_main([str(root)]) == 0
     costs = {json.loads(p.read_text())["relus"]: json.loads(p.read_text()) for p in root.rglob(measure.COST_FILE)}
     assert len(costs) == 2
