@@ -6,6 +6,7 @@ of the preset's own teacher where the preset distils. No preset may be refused a
 from __future__ import annotations
 
 import itertools
+import re
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from omegaconf import OmegaConf
 from conftest import write_cifar
 from dataset_formats import write_mnist
 from erasenet.common.config import check_config
+from erasenet.erase.gates import gate_schedule
 from erasenet.erase.rectifiers import count_relus
 from erasenet.training.build import build_model, image_shape
 from erasenet.training.run import train_run
@@ -25,7 +27,8 @@ FAMILIES = ("deepreduce2021", "snl2022", "relu_budget")
 PRESETS = sorted(str(p.relative_to(CONF).with_suffix("")) for family in FAMILIES
                  for p in (CONF / family).glob("*.yaml"))
 # The teachers' presets train first: the others distil from (or start from) their runs
-TEACHERS = ("snl2022/resnet18_c100_original", "relu_budget/mnist_mlp6_original")
+TEACHERS = ("snl2022/resnet18_c100_original", "deepreduce2021/resnet18_c100_original",
+            "relu_budget/mnist_mlp6_original")
 MINIATURE = ("dataset.download=false", "schedule.batch_size=25", "schedule.base_batch_size=25",
              "schedule.eval_batch_size=200", "trainer.num_threads=1", "trainer.tensorboard=false",
              "trainer.progress=off")
@@ -72,6 +75,8 @@ def miniature(preset: str, overrides: list[str], root: Path):
     cfg.schedule.epochs, cfg.schedule.milestones = epochs, []
     if cfg.erase.method == "gates":
         cfg.erase.gate_epochs = 1
+        if cfg.schedule.finetune_phase.epochs is not None:  # SNL's fixed fine-tuning: one epoch after the gates'
+            cfg.schedule.finetune_phase.epochs = 1
     if cfg.distill.teacher:
         cfg.distill.teacher = str(root / OmegaConf.to_container(cfg.distill, resolve=True)["teacher"])
     return cfg
@@ -95,7 +100,25 @@ def test_the_presets_are_found():
             "relu_budget/digits_resnet20_methods", "relu_budget/mnist_mlp6_gates_v3"} <= set(PRESETS)
 
 
-@pytest.mark.parametrize("preset", [p for p in PRESETS if p not in TEACHERS])
+# snl2022/resnet18_c100_<N>k: the gates preset at one budget, each with its published value; built, not trained
+ONE_BUDGET = [p for p in PRESETS if re.fullmatch(r"snl2022/resnet18_c100_\d+k", p)]
+
+
+@pytest.mark.parametrize("preset", ONE_BUDGET)
+def test_each_snl_budget_preset_builds_at_its_budget_and_joins_the_sweep(preset):
+    (overrides,) = swept(preset)
+    with initialize_config_module(config_module="erasenet.conf", version_base=None):
+        cfg = compose(config_name="config", overrides=[f"experiment={preset}"])
+    check_config(cfg)
+    assert overrides == [f"erase.budget={cfg.erase.budget:g}"] and cfg.name == "snl2022_resnet18_c100_gates"
+    assert cfg.paper.relus == cfg.erase.budget and 20 < cfg.paper.test_error < 35 and "snl series" in cfg.paper.source
+    with torch.device("meta"):
+        model, _ = build_model(cfg)
+        schedule = gate_schedule(model, OmegaConf.to_container(cfg.erase), image_shape(cfg), cfg.schedule.epochs)
+    assert schedule is not None and count_relus(model, image_shape(cfg)) == 491_520
+
+
+@pytest.mark.parametrize("preset", [p for p in PRESETS if p not in TEACHERS and p not in ONE_BUDGET])
 def test_each_budget_preset_builds_at_every_budget_and_trains_in_miniature(teachers, preset):
     """Every swept configuration is checked and built, with the count it plans; the sweep's first trains (the
     build is where a budget is refused, and the training code does not depend on the budget's value)."""
@@ -106,6 +129,8 @@ def test_each_budget_preset_builds_at_every_budget_and_trains_in_miniature(teach
         check_config(cfg)
         with torch.device("meta"):
             model, record = build_model(cfg)
+            # what refuses a budget at start-up (below the ungated ReLUs, at or above the network's count)
+            gate_schedule(model, OmegaConf.to_container(cfg.erase), image_shape(cfg), cfg.schedule.epochs)
         planned[tuple(overrides)] = count_relus(model, image_shape(cfg))
     overrides = swept(preset)[0]
     cfg = miniature(preset, overrides, root)

@@ -31,6 +31,9 @@ RESUME = ("auto", "never")
 SEED_LIMIT = 2**32  # seeds are 0 .. 2**32 - 1: what NumPy and scikit-learn accept, and within torch's range
 BACKENDS = ("auto", "nccl", "gloo")
 AMP = ("auto", "bf16", "fp16", "off")
+OPTIMIZERS = ("sgd", "adam")  # of a gated run's phases (schedule.gate_phase, schedule.finetune_phase)
+PHASE_DECAYS = ("constant", "cosine", "cosine_epoch")
+DISTILL_FORMS = ("blended", "added")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 # Keys of a model config that are not its builder's arguments.
 MODEL_META_KEYS = ("name",)
@@ -72,7 +75,9 @@ class DistillConfig:
     teacher: Optional[str] = None  # a finished run, a sweep (its run of this seed) or weights file; {seed}: the seed
     temperature: float = 4.0  # T: both networks' logits are divided by T
     weight: float = 0.9  # alpha: loss = alpha * T^2 * KL(teacher || student at T) + (1 - alpha) * cross-entropy
+    # (distill.form=blended); with form=added, cross-entropy + alpha * T^2 * KL
     init_from_teacher: bool = False  # the student starts from the teacher's weights (loaded before erasing)
+    form: str = "blended"  # blended: the line above | added (SNL's code): cross-entropy + weight * T^2 * KL
 
 
 @dataclass
@@ -102,6 +107,23 @@ class DatasetConfig:
 
 
 @dataclass
+class PhaseConfig:
+    """The optimizer and learning-rate schedule of one phase of a gated run (``erase.method=gates``), as SNL's code
+    trains each phase with its own (``schedule.gate_phase``, ``schedule.finetune_phase``). A phase without an
+    optimizer (null, the default) has none of its own: the run's ``schedule.*`` drives it."""
+
+    optimizer: Optional[str] = None  # sgd | adam | null: none of its own (the keys below are then unused)
+    lr: Optional[float] = None  # required
+    momentum: float = 0.9  # sgd only
+    nesterov: bool = False  # sgd only
+    weight_decay: float = 0.0  # never on the gates
+    decay: str = "constant"  # constant | cosine: to 0 over the phase, per step | cosine_epoch: the same, stepped
+    # once an epoch (torch's CosineAnnealingLR stepped per epoch, as SNL's code)
+    epochs: Optional[int] = None  # finetune_phase: its epochs after binarising (the run ends there); null: up to
+    # schedule.epochs. The gate phase's most epochs are erase.gate_epochs
+
+
+@dataclass
 class ScheduleConfig:
     epochs: int = MISSING
     batch_size: int = MISSING  # the global batch: split evenly across DDP processes, never per process
@@ -119,6 +141,10 @@ class ScheduleConfig:
     warmup: str = MISSING  # constant (He et al.) | linear (from warmup_lr up to lr)
     decay: str = "step"  # step: lr *= gamma at each milestone | cosine: from lr down to 0 over the epochs after warm-up
     prelu_weight_decay: bool = True  # false: no weight decay on PReLU slopes (He et al. 2015)
+    # erase.method=gates: each phase's own optimizer and schedule (SNL's code), both or neither; with their
+    # optimizer null the keys above drive both phases, one optimizer throughout (erasenet's first reading)
+    gate_phase: PhaseConfig = field(default_factory=PhaseConfig)
+    finetune_phase: PhaseConfig = field(default_factory=PhaseConfig)
 
 
 @dataclass
@@ -203,9 +229,14 @@ def _schema_defaults(schema: type) -> dict[str, Any]:
     defaults = {f.name: f.default for f in dataclasses.fields(schema)
                 if f.default is not dataclasses.MISSING and f.default != MISSING
                 and not (isinstance(f.default, str) and "${" in f.default)}  # an interpolation says where, not what
-    defaults.update({f.name: f.default_factory() for f in dataclasses.fields(schema)
+    defaults.update({f.name: _plain(f.default_factory()) for f in dataclasses.fields(schema)
                      if f.default_factory is not dataclasses.MISSING})
     return defaults
+
+
+def _plain(value: Any) -> Any:
+    """A default as a stored config holds it: a nested section (``schedule.gate_phase``) as a dict."""
+    return dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
 
 
 def run_dirname(overrides: str, limit: int = 120) -> str:
@@ -330,7 +361,12 @@ def check_config(cfg: DictConfig) -> None:
 
 
 def check_distill(distill: DictConfig) -> None:
-    """Distillation: a teacher (no placeholder but ``{seed}``) for ``init_from_teacher``, T > 0, alpha in [0, 1]."""
+    """Distillation: a teacher (no placeholder but ``{seed}``) for ``init_from_teacher``, T > 0, alpha in [0, 1], a
+    known form."""
+    if distill.get("form", "blended") not in DISTILL_FORMS:
+        _fail(f"distill.form={distill.form!r} is unknown.",
+              "Use blended ((1 - weight) * cross-entropy + weight * T^2 * KL) or added (cross-entropy + weight * T^2 * "
+              "KL, SNL's code with weight 1).")
     if distill.teacher is None:
         if distill.init_from_teacher:
             _fail("distill.init_from_teacher=true needs a teacher, but distill.teacher is null.",
@@ -390,6 +426,7 @@ def check_method(cfg: DictConfig) -> None:
             _fail("erase.method=gates does not run under DDP (trainer=ddp): binarising freezes the gates in the "
                   "middle of the run, which DDP's gradient buckets do not allow.",
                   "Train gated runs in one process (trainer=default); sweeps run their seeds one at a time.")
+    check_phases(cfg)
     if e.method == "cull":
         stages = list(e.cull_stages)
         if any(s < 1 for s in stages) or len(set(stages)) != len(stages):
@@ -397,6 +434,45 @@ def check_method(cfg: DictConfig) -> None:
         if not stages and not e.thin and not e.fixed_sites:
             _fail("erase.method=cull with no culled stage, no thinning and no fixed sites changes nothing.",
                   "Name stages (erase.cull_stages=[1]), set erase.thin=true, or use erase=none.")
+
+
+def check_phases(cfg: DictConfig) -> None:
+    """``schedule.gate_phase`` and ``schedule.finetune_phase``: both or neither, with a gated run; each a known
+    optimizer and decay at a positive lr; a fine-tuning of fixed length that fits ``schedule.epochs``."""
+    s, e = cfg.schedule, cfg.erase
+    gate, finetune = s.get("gate_phase"), s.get("finetune_phase")
+    own = [key for key, phase in (("gate_phase", gate), ("finetune_phase", finetune))
+           if phase is not None and phase.optimizer is not None]
+    if not own:
+        return
+    if e.method != "gates":
+        _fail(f"schedule.{own[0]}.optimizer={s[own[0]].optimizer} applies to erase.method=gates, not {e.method}.",
+              f"Leave schedule.{own[0]}.optimizer at null, or use erase=gates.")
+    if len(own) == 1:
+        other = "finetune_phase" if own[0] == "gate_phase" else "gate_phase"
+        _fail(f"schedule.{own[0]} has an optimizer but schedule.{other}.optimizer is null.",
+              "Give both phases their optimizer (as experiment=snl2022/resnet18_c100_gates does), or neither for one "
+              "optimizer and schedule (schedule.*) throughout.")
+    for key, phase in (("gate_phase", gate), ("finetune_phase", finetune)):
+        if phase.optimizer not in OPTIMIZERS:
+            _fail(f"schedule.{key}.optimizer={phase.optimizer!r} is unknown.", f"Use one of {', '.join(OPTIMIZERS)}.")
+        if phase.decay not in PHASE_DECAYS:
+            _fail(f"schedule.{key}.decay={phase.decay!r} is unknown.", f"Use one of {', '.join(PHASE_DECAYS)}.")
+        if phase.lr is None or phase.lr <= 0 or phase.weight_decay < 0 or not 0 <= phase.momentum < 1:
+            _fail(f"schedule.{key} has lr={phase.lr}, weight_decay={phase.weight_decay}, momentum={phase.momentum}.",
+                  f"Give schedule.{key}.lr > 0 (SNL: 1e-3 in both phases), weight_decay >= 0 and 0 <= momentum < 1.")
+    if gate.epochs is not None:
+        _fail(f"schedule.gate_phase.epochs={gate.epochs}: the gate phase ends when the count fits the budget.",
+              "Leave it at null and cap the phase with erase.gate_epochs (SNL: 2000).")
+    if finetune.epochs is None:
+        return
+    if finetune.epochs < 1 or e.gate_epochs is None or s.epochs != e.gate_epochs + finetune.epochs:
+        _fail(f"schedule.finetune_phase.epochs={finetune.epochs} with erase.gate_epochs={e.gate_epochs} and "
+              f"schedule.epochs={s.epochs}: a run that fine-tunes a fixed number of epochs lasts at most the gate "
+              "phase's cap plus those epochs, and ends once they are done.",
+              "Give erase.gate_epochs a number and set schedule.epochs to its sum with schedule.finetune_phase.epochs "
+              f"(e.g. erase.gate_epochs=2000 schedule.finetune_phase.epochs=100 schedule.epochs=2100), or leave "
+              "schedule.finetune_phase.epochs at null (fine-tune up to schedule.epochs).")
 
 
 def check_paper(paper: DictConfig) -> None:

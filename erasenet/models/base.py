@@ -20,14 +20,15 @@ def make_stage(make_block: Callable[[int, int], nn.Module], in_planes: int, plan
 
 class Stem(nn.Sequential):
     """3x3 conv (at full resolution unless ``stride`` > 1), followed by BN-ReLU unless the blocks after it are
-    pre-activated."""
+    pre-activated; ``relu=False`` keeps the BN and drops the ReLU (SNL's CIFAR ResNet-18)."""
 
-    def __init__(self, in_chans: int, planes: int, activate: bool = True, stride: int = 1):
+    def __init__(self, in_chans: int, planes: int, activate: bool = True, stride: int = 1, relu: bool = True):
         super().__init__()
         self.conv = nn.Conv2d(in_chans, planes, 3, stride, 1, bias=False)
         if activate:
             self.bn = nn.BatchNorm2d(planes)
-            self.act = nn.ReLU(inplace=True)
+            if relu:
+                self.act = nn.ReLU(inplace=True)
 
 
 def global_average(x: torch.Tensor) -> torch.Tensor:

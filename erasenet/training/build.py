@@ -19,7 +19,7 @@ from ..common.config import MODEL_META_KEYS
 from ..data import build_loaders
 from .distill import distill_loss_fn, find_teacher, frozen_teacher, load_init
 from .distributed import Dist
-from .engine import build_optimizer, build_scheduler
+from .phases import build_learning, phased
 from ..erase import EraseRecord, ErasePolicy, apply_erase
 from ..common.errors import UserError
 from ..models import builder_options, create_model, list_models
@@ -173,11 +173,10 @@ def build_run(job: Job, dist: Dist, device: torch.device) -> Run:
     compiled = compile_for_training(trained, cfg.trainer, accel, (schedule.batch_size, *image), dist)
     counts = Counts(sizes=sizes, params=sum(p.numel() for p in model.parameters()), macs=macs,
                     relus=count_model_relus(model, image), relus_original=count_original_relus(cfg), compiled=compiled)
-    optimizer = build_optimizer(model, schedule)
+    optimizer, scheduler = build_learning(model, cfg, schedule, gates, len(train_loader))
     # weight 0: the labels alone (init_from_teacher without distillation); the teacher is not run
     loss_fn = distill_loss_fn(teacher, cfg.distill) if teacher is not None and cfg.distill.weight > 0 else None
-    learner = Learner(module=compiled.module, optimizer=optimizer,
-                      scheduler=build_scheduler(optimizer, schedule, len(train_loader)), accel=accel, loss_fn=loss_fn)
+    learner = Learner(module=compiled.module, optimizer=optimizer, scheduler=scheduler, accel=accel, loss_fn=loss_fn)
     run = Run(job=job, dist=dist, model=model, learner=learner, train_loader=train_loader, eval_loaders=eval_loaders,
               erased=erased, counts=counts, teacher=teacher, gates=gates)
     describe(run, schedule)
@@ -202,10 +201,12 @@ def compile_for_training(model: nn.Module, trainer: DictConfig, accel: Accel, ba
 def describe(run: Run, schedule: DictConfig) -> None:
     """Log what was built."""
     cfg, dist, counts = run.cfg, run.dist, run.counts
+    optimizer = run.learner.optimizer  # a gated run with phases of their own: its gate phase's
+    lr = f"lr {optimizer.param_groups[0]['lr']:g}" + (f" ({type(optimizer).__name__}, gate phase)" if phased(cfg) else "")
     log.info(f"{cfg.model.name}: {counts.params:,} parameters on {run.device}"
              f"{f', {dist.world_size} processes' if dist.enabled else ''}; train/val/test = "
              f"{counts.sizes['train']}/{counts.sizes['val']}/{counts.sizes['test']} images; batch "
-             f"{cfg.schedule.batch_size} ({schedule.batch_size} per process), lr {schedule.lr:g}")
+             f"{cfg.schedule.batch_size} ({schedule.batch_size} per process), {lr}")
     log.info(run.erased.summary())
     log.info(f"{run.learner.accel.describe()}, compile {'on' if counts.compiled.compiled else 'off'}")
     if run.teacher is not None:

@@ -13,9 +13,10 @@ The teacher is frozen: evaluation mode (batch-norm running statistics, no dropou
 under ``torch.no_grad``, and never given to the optimizer. Each DDP process holds its own copy on the training
 device.
 
-The loss of a batch is ``alpha * T^2 * KL(p_teacher || p_student) + (1 - alpha) * cross-entropy``, the
-probabilities taken at temperature T and the KL averaged over the batch (``F.kl_div(..., reduction="batchmean")``,
-SNL's and DeepReDuce's code).
+The loss of a batch (``distill.form``) is *blended*, ``alpha * T^2 * KL(p_teacher || p_student) + (1 - alpha) *
+cross-entropy``, or *added*, ``cross-entropy + alpha * T^2 * KL`` (SNL's code, with alpha 1: its ``train_kd`` and
+``mask_train_kd_unstructured`` add the two terms), the probabilities taken at temperature T and the KL averaged over
+the batch (``F.kl_div(..., reduction="batchmean")``, SNL's and DeepReDuce's code).
 """
 
 from __future__ import annotations
@@ -222,13 +223,15 @@ def load_init(model: nn.Module, teacher: Teacher) -> None:
 
 
 def distill_losses(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor, temperature: float,
-                   weight: float) -> torch.Tensor:
-    """Mean distillation loss of a batch."""
+                   weight: float, form: str = "blended") -> torch.Tensor:
+    """Mean distillation loss of a batch: ``form`` blended (the label term weighted ``1 - weight``) or added (the
+    label term whole, as SNL's code)."""
     t = temperature
     log_p_student = F.log_softmax(student.float() / t, dim=-1)
     log_p_teacher = F.log_softmax(teacher.float() / t, dim=-1)
     kl = (log_p_teacher.exp() * (log_p_teacher - log_p_student)).sum(-1).mean(-1)
-    return weight * t * t * kl + (1.0 - weight) * mean_loss(student, labels)
+    labels_weight = 1.0 if form == "added" else 1.0 - weight
+    return weight * t * t * kl + labels_weight * mean_loss(student, labels)
 
 
 def distill_loss_fn(teacher: Teacher, distill: DictConfig) -> LossFn:
@@ -237,6 +240,7 @@ def distill_loss_fn(teacher: Teacher, distill: DictConfig) -> LossFn:
     def loss(inputs: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             target = teacher.model(inputs)
-        return distill_losses(logits, target, labels, distill.temperature, distill.weight)
+        return distill_losses(logits, target, labels, distill.temperature, distill.weight,
+                              distill.get("form", "blended"))
 
     return loss

@@ -34,14 +34,20 @@ def build_optimizer(model: nn.Module, schedule: DictConfig) -> torch.optim.SGD:
     With ``schedule.prelu_weight_decay=false`` the PReLU slopes form a second group without weight decay, as He
     et al. 2015 train them; SNL gates (``erasenet.erase.gates``) are always in it.
     """
+    return torch.optim.SGD(parameter_groups(model, schedule), lr=schedule.lr, momentum=schedule.momentum,
+                           nesterov=schedule.nesterov and schedule.momentum > 0, weight_decay=schedule.weight_decay)
+
+
+def parameter_groups(model: nn.Module, schedule: DictConfig) -> list[dict]:
+    """The optimizer's parameter groups: every parameter, and a second group without weight decay for the SNL
+    gates (their L1 penalty is their regulariser) and, with ``schedule.prelu_weight_decay=false``, PReLU slopes."""
     named = list(model.named_parameters())
     slopes = set() if schedule.get("prelu_weight_decay", True) else prelu_slope_names(model)
-    slopes |= mask_names(model)  # SNL gates: their L1 penalty is their regulariser
+    slopes |= mask_names(model)
     groups = [{"params": [p for n, p in named if n not in slopes]}]
     if any(n in slopes for n, _ in named):
         groups.append({"params": [p for n, p in named if n in slopes], "weight_decay": 0.0})
-    return torch.optim.SGD(groups, lr=schedule.lr, momentum=schedule.momentum,
-                           nesterov=schedule.nesterov and schedule.momentum > 0, weight_decay=schedule.weight_decay)
+    return groups
 
 
 def lr_factor(schedule: DictConfig, steps_per_epoch: int) -> Callable[[int], float]:

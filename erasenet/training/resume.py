@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import distributed
+from . import distributed, phases
 from .checkpoint import load_checkpoint, load_latest
 from ..common.config import with_schema_defaults
 from ..common.errors import UserError
@@ -141,6 +141,7 @@ def restore(run: Run, checkpoint: Checkpoint | None) -> None:
     run.model.load_state_dict(ckpt["model"])
     if run.gates is not None:
         run.gates.load_state_dict(ckpt["gates"])
+        phases.enter_phase(run)  # a run resumed in fine-tuning steps with its phase's optimizer, where it has one
     run.state = train_state(ckpt, run.dist.is_main)
     if run.state.partial is not None:
         run.state.partial = run.state.partial.to(run.device)

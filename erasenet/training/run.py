@@ -17,7 +17,7 @@ from typing import Sequence
 
 from omegaconf import DictConfig
 
-from . import distributed
+from . import distributed, phases
 from ..common import faults, runlock
 from .build import build_run, configure_torch, progress_enabled
 from .diskfull import stopping_on_full_disk
@@ -78,6 +78,8 @@ def fit(run: Run, files: RunFiles) -> tuple[str, str | None]:
     with StopSignals() as stop:
         checkpoints = Checkpointer(run, files, stop)
         for epoch in range(run.state.epoch, run.cfg.schedule.epochs):
+            if phases.finished(run):  # SNL's fine-tuning of fixed length is done: the run ends early
+                break
             partial = run.state.partial  # the steps done of this epoch, when a run stopped inside it
             run.train_loader.set_epoch(epoch, start_batch=partial.step if partial else 0)
             try:
@@ -92,7 +94,10 @@ def fit(run: Run, files: RunFiles) -> tuple[str, str | None]:
             distributed.sync_buffers(run.model)  # BN statistics of rank 0, as the checkpoint holds them
             metrics = evaluate_epoch(run, epoch, train)
             if gates is not None:  # SNL: raise the penalty, or binarise the gates, before the checkpoint
+                phase = gates.phase
                 gates.end_epoch(metrics)
+                if gates.phase != phase:
+                    phases.enter_phase(run)  # the fine-tuning's own optimizer, where it has one
             run.state.finish_epoch(metrics)
             files.log_epoch(metrics)  # before the checkpoint: a kill in between repeats the epoch
             checkpoints.save()
@@ -104,8 +109,9 @@ def fit(run: Run, files: RunFiles) -> tuple[str, str | None]:
 def evaluate_epoch(run: Run, epoch: int, train: dict) -> dict:
     """Evaluate the model after the trained ``epoch`` (``train``: its totals); log and return its metrics."""
     scheduler = run.learner.scheduler
-    # the lr of the epoch's first step, as LambdaLR computes it (also when the epoch resumed in its middle)
-    lr = scheduler.base_lrs[0] * scheduler.lr_lambdas[0](epoch * len(run.train_loader))
+    # the lr of the epoch's first step, as LambdaLR computes it (also when the epoch resumed in its middle); a gated
+    # run's phase with its own scheduler counts the steps from the phase's first
+    lr = scheduler.base_lrs[0] * scheduler.lr_lambdas[0]((epoch - phases.first_epoch(run)) * len(run.train_loader))
     top5 = run.cfg.dataset.top5 and run.cfg.dataset.num_classes >= 10
     reduce = distributed.all_reduce_sum if run.dist.enabled else None
     evals = {k: evaluate(run.model, loader, reduce, accel=run.learner.accel, top5=top5)
