@@ -25,7 +25,12 @@ from hydra import compose, initialize_config_module
 
 from erasenet.common.config import register_configs
 
-torch.set_num_threads(2)
+# The suite runs in one worker per core (pytest-xdist, pyproject.toml): one torch thread each, and one for the
+# processes they start, so that the workers do not oversubscribe the cores. Run alone (-n 0), two threads.
+THREADS = 1 if os.environ.get("PYTEST_XDIST_WORKER") else 2
+if THREADS == 1:
+    os.environ["OMP_NUM_THREADS"] = "1"
+torch.set_num_threads(THREADS)
 register_configs()
 REPO = Path(__file__).resolve().parents[1]
 

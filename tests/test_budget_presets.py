@@ -1,7 +1,7 @@
-"""Every ReLU-budget preset (deepreduce2021, snl2022, relu_budget) builds its network at each of its budgets and
-trains in miniature: each swept configuration is checked and built, and the first trains for a few steps on small
-data in the real file formats (CIFAR-100's pickles, MNIST's idx files, the digits), distilled from a miniature run
-of the preset's own teacher where the preset distils. No preset may be refused at any of its budgets."""
+"""Every ReLU-budget preset (deepreduce2021, snl2022, autorep2023, relu_budget) builds its network at each of its
+budgets and trains in miniature: each swept configuration is checked and built, and the first trains for a few steps
+on small data in the real file formats (CIFAR-100's pickles, MNIST's idx files, the digits), distilled from a
+miniature run of the preset's own teacher where the preset distils. No preset may be refused at any of its budgets."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from erasenet.training.build import build_model, image_shape
 from erasenet.training.run import train_run
 
 CONF = Path(__file__).resolve().parents[1] / "erasenet" / "conf" / "experiment"
-FAMILIES = ("deepreduce2021", "snl2022", "relu_budget")
+FAMILIES = ("deepreduce2021", "snl2022", "autorep2023", "relu_budget")
 PRESETS = sorted(str(p.relative_to(CONF).with_suffix("")) for family in FAMILIES
                  for p in (CONF / family).glob("*.yaml"))
 # The teachers' presets train first: the others distil from (or start from) their runs

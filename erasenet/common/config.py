@@ -18,7 +18,7 @@ from typing import Any, Optional, Sequence
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from .choices import GRANULARITIES, LOCATIONS, METHODS, REPLACEMENTS
+from .choices import GATED_REPLACEMENTS, GRANULARITIES, LOCATIONS, METHODS, REPLACEMENTS
 from .errors import UserError
 from .records import drop_metadata
 
@@ -51,7 +51,8 @@ METHOD_KEYS = {"erase": ("location", "proportion"),
 class EraseConfig:
     location: str = MISSING  # last | first | all | a 1-based site index within each block
     proportion: float = MISSING  # fraction of blocks erased, evenly spread from the first block
-    replace: str = MISSING  # identity (erase) | prelu (one slope per site) | prelu_channel (one per channel)
+    replace: str = MISSING  # identity (erase) | prelu / prelu_channel (a slope per site / channel) | poly / poly_channel
+    # (AutoReP's learned quadratic per site / channel)
     fixed_sites: bool = False  # also change the ReLUs outside every block (a stem's, a pre-activation head's)
     method: str = "erase"  # erase (EraseReLU) | gates (SNL) | cull (DeepReDuce)
     budget: Optional[float] = None  # gates: ReLUs per image kept; <= 1 a fraction of the original's count
@@ -408,14 +409,15 @@ def check_method(cfg: DictConfig) -> None:
                   "(erase.budget=0.1).")
         if e.granularity not in GRANULARITIES:
             _fail(f"erase.granularity={e.granularity!r} is unknown.", "Use channel or element.")
-        if e.replace != "identity":
-            _fail(f"erase.replace={e.replace} does not apply to erase.method=gates: a gate at 0 is the identity.",
-                  "Leave erase.replace at identity.")
+        if e.replace not in GATED_REPLACEMENTS:
+            _fail(f"erase.replace={e.replace} does not apply to erase.method=gates: a gate chooses between the ReLU "
+                  f"and the identity (SNL) or a polynomial (AutoReP).",
+                  f"Use erase.replace={' or '.join(GATED_REPLACEMENTS)}.")
         if not 1 <= (cfg.schedule.epochs // 2 if e.gate_epochs is None else e.gate_epochs) < cfg.schedule.epochs:
             _fail(f"erase.gate_epochs={e.gate_epochs} with schedule.epochs={cfg.schedule.epochs}: gate learning "
                   f"needs at least one epoch and the binarised network at least one epoch of fine-tuning.",
-                  f"Use 1 <= erase.gate_epochs < schedule.epochs, e.g. erase.gate_epochs=null (half of the "
-                  f"epochs), with schedule.epochs of 2 or more.")
+                  "Use 1 <= erase.gate_epochs < schedule.epochs, e.g. erase.gate_epochs=null (half of the "
+                  "epochs), with schedule.epochs of 2 or more.")
         if e.penalty <= 0 or (e.penalty_factor is not None and e.penalty_factor < 1) or e.penalty_warmup < 0 or \
                 not 0 <= e.threshold < 1:
             _fail(f"erase.penalty={e.penalty}, erase.penalty_factor={e.penalty_factor}, erase.penalty_warmup="
@@ -471,7 +473,7 @@ def check_phases(cfg: DictConfig) -> None:
               f"schedule.epochs={s.epochs}: a run that fine-tunes a fixed number of epochs lasts at most the gate "
               "phase's cap plus those epochs, and ends once they are done.",
               "Give erase.gate_epochs a number and set schedule.epochs to its sum with schedule.finetune_phase.epochs "
-              f"(e.g. erase.gate_epochs=2000 schedule.finetune_phase.epochs=100 schedule.epochs=2100), or leave "
+              "(e.g. erase.gate_epochs=2000 schedule.finetune_phase.epochs=100 schedule.epochs=2100), or leave "
               "schedule.finetune_phase.epochs at null (fine-tune up to schedule.epochs).")
 
 

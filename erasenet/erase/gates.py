@@ -30,6 +30,7 @@ import torch.nn as nn
 
 from ..common.choices import GRANULARITIES
 from .rectifiers import count_relus, shapes_seen
+from .polynomial import Polynomial
 from .replacements import Replacement
 from .sites import Site, Sites
 
@@ -39,16 +40,22 @@ PHASES = ("gates", "finetune")
 
 
 class Gate(nn.Module):
-    """``m * relu(x) + (1 - m) * x``; ``m`` (parameter ``mask``) has one entry per channel or per element of
-    one sample, set by :func:`shape_gates` once a forward pass has shown the shape of what the gate sees."""
+    """``m * relu(x) + (1 - m) * x``, or with a module ``other`` (AutoReP's polynomial) ``m * relu(x) + (1 - m) *
+    other(x)``; ``m`` (parameter ``mask``) has one entry per channel or per element of one sample, set by
+    :func:`shape_gates` once a forward pass has shown the shape of what the gate sees."""
 
-    def __init__(self, granularity: str = "channel"):
+    def __init__(self, granularity: str = "channel", other: nn.Module | None = None):
         super().__init__()
         if granularity not in GRANULARITIES:
             raise ValueError(f"erase.granularity must be one of {', '.join(GRANULARITIES)}, got {granularity!r}")
         self.granularity = granularity
         self.mask: nn.Parameter | None = None
         self.elements = 0  # of one sample, as the gate sees it
+        self.other = None if isinstance(other, nn.Identity) else other
+
+    @property
+    def evaluates_polynomial(self) -> bool:
+        return isinstance(self.other, Polynomial)
 
     def shape_from(self, sample_shape: Sequence[int]) -> None:
         """Create the mask (all ones) for inputs of ``sample_shape`` (one sample: C[, H, W])."""
@@ -59,12 +66,14 @@ class Gate(nn.Module):
             shape = sample_shape
         self.elements = int(torch.Size(sample_shape).numel())
         self.mask = nn.Parameter(torch.ones(shape))
+        if hasattr(self.other, "shape_from"):
+            self.other.shape_from(sample_shape)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.mask is None:  # not yet shaped: the ReLU it stands for
             return torch.relu(x)
         m = self.mask.to(x.dtype)
-        return m * torch.relu(x) + (1 - m) * x
+        return m * torch.relu(x) + (1 - m) * (x if self.other is None else self.other(x))
 
     def cost(self) -> int:
         """ReLUs per sample that one gate entry stands for (the elements it covers)."""
@@ -75,6 +84,10 @@ class Gate(nn.Module):
         if self.mask is None or self.mask.is_meta:
             return elements
         return elements // self.mask.numel() * int(torch.count_nonzero(self.mask.detach()))
+
+    def counted_polys(self, elements: int) -> int:
+        """Of a call's ``elements``, those its polynomial evaluates: the ones under gates at 0."""
+        return elements - self.counted_relus(elements) if self.evaluates_polynomial else 0
 
     def extra_repr(self) -> str:
         return f"granularity={self.granularity}, shape={tuple(self.mask.shape) if self.mask is not None else None}"
@@ -97,6 +110,8 @@ def shape_gates(model: nn.Module, gates: Sequence[Gate], input_shape: Sequence[i
         gate.shape_from(shape[1:])
         if any(p.is_meta for p in model.parameters()):
             gate.mask = nn.Parameter(gate.mask.to("meta"))
+            if gate.other is not None:
+                gate.other.to("meta")
 
 
 @dataclass(frozen=True)
@@ -117,8 +132,9 @@ class Gates:
         return sites.sites  # every site: the gates learn which to keep
 
     def replacement(self, replace: Replacement) -> Replacement:
-        """A gate between the ReLU and ``replace`` (so far only the identity: ``1 - m`` passes ``x`` through)."""
-        return Replacement(lambda: Gate(self.granularity), shape_gates)
+        """A gate between the ReLU and ``replace``: the identity (SNL: ``1 - m`` passes ``x`` through) or a
+        polynomial (AutoReP), which the gate sizes with its mask."""
+        return Replacement(lambda: Gate(self.granularity, replace.make()), shape_gates)
 
     def record(self) -> dict:
         return {"budget": self.budget, "granularity": self.granularity}

@@ -72,20 +72,57 @@ def rectifier_calls(model: nn.Module, input_shape: Sequence[int], batch: int = 1
     for module in model.modules():
         hooks.append(module.register_forward_pre_hook(enter))
         hooks.append(module.register_forward_hook(leave, always_call=True))
+    recorder = _Recorder(where)
+    try:
+        with recorder:
+            _forward_on_meta(model, input_shape, batch)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return recorder.calls
+
+
+def _forward_on_meta(model: nn.Module, input_shape: Sequence[int], batch: int = 1) -> None:
+    """One evaluation-mode forward pass of ``batch`` inputs of ``input_shape``, every parameter and buffer stood in
+    for by a meta tensor (``model`` is left as it was)."""
     state = {k: torch.empty_like(v, device="meta") for k, v in
              [*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)]}
     x = torch.empty(batch, *input_shape, device="meta")
     was_training = model.training
-    recorder = _Recorder(where)
     try:
         model.eval()
-        with torch.no_grad(), recorder:
+        with torch.no_grad():
             functional_call(model, state, (x,), tie_weights=False, strict=False)
     finally:
         model.train(was_training)
+
+
+def input_shapes_seen(model: nn.Module, modules: Sequence[nn.Module], input_shape: Sequence[int],
+                      knob: str) -> list[tuple[int, ...]]:
+    """The input shape (batch first) each of ``modules`` (in ``model``) sees in one evaluation-mode forward pass of
+    one ``input_shape`` input on the meta device; ``ValueError`` naming ``knob`` when the pass fails or a module
+    never runs."""
+    seen: dict[int, tuple[int, ...]] = {}
+
+    def note(module: nn.Module, args: tuple) -> None:
+        seen.setdefault(id(module), tuple(args[0].shape))
+
+    hooks = [m.register_forward_pre_hook(note) for m in modules]
+    size = "x".join(map(str, input_shape))
+    try:
+        _forward_on_meta(model, input_shape)
+    except (RuntimeError, NotImplementedError) as err:
+        raise ValueError(f"{knob} could not find the shapes its modules see: a forward pass of one {size} input "
+                         f"on the meta device failed ({err})") from None
+    finally:
         for hook in hooks:
             hook.remove()
-    return recorder.calls
+    names = {id(m): name for name, m in model.named_modules()}
+    missing = [names.get(id(m), "?") for m in modules if id(m) not in seen]
+    if missing:
+        raise ValueError(f"{knob}: the module at {missing[0]} never ran in an evaluation-mode forward pass of one "
+                         f"{size} input, so the shape it sees is unknown")
+    return [seen[id(m)] for m in modules]
 
 
 def shapes_seen(model: nn.Module, modules: Sequence[nn.Module], input_shape: Sequence[int],

@@ -15,6 +15,7 @@ from typing import Callable, Sequence
 import torch.nn as nn
 
 from ..common.choices import REPLACEMENTS as NAMES
+from .polynomial import Polynomial, shape_polynomials
 from .rectifiers import shapes_seen
 
 Fit = Callable[[nn.Module, list[nn.Module], Sequence[int]], None]
@@ -48,6 +49,8 @@ _BUILDERS: dict[str, Replacement] = {
     "identity": Replacement(nn.Identity),  # EraseReLU: nothing
     "prelu": Replacement(nn.PReLU),  # one learned slope per site, initialised at 0.25
     "prelu_channel": Replacement(nn.PReLU, slope_per_channel),
+    "poly": Replacement(Polynomial, shape_polynomials),  # AutoReP: c2 x^2 + c1 x + c0, one set per site
+    "poly_channel": Replacement(lambda: Polynomial(per_channel=True), shape_polynomials),
 }
 # One entry per name the config accepts; a name without a builder fails here, at import.
 REPLACEMENTS: dict[str, Replacement] = {name: _BUILDERS[name] for name in NAMES}

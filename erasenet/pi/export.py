@@ -162,8 +162,10 @@ class _Translator:
             if c.dim() not in (1, 2) or c.shape[0] != 3 or (c.dim() == 2 and c.shape[1] not in (1, channels)):
                 raise _unsupported(f"{type(m).__name__}.{POLYNOMIAL_ATTRIBUTE} of shape {tuple(c.shape)} (expected "
                                    f"(3,) or (3, {channels}): rows c2, c1, c0)", name)
-            self.emit(node, "polynomial", [x], coefficients=self.array(f"{name}.coefficients", c), site=name,
-                      per_channel=c.dim() == 2 and c.shape[1] > 1)
+            elements = int(self.values[node.name][0].numel())
+            self.emit(node, "polynomial", [x], coefficients=self.array(f"{name}.coefficients", c),
+                      site=self.site_name(name), per_channel=c.dim() == 2 and c.shape[1] > 1, elements=elements,
+                      polys=elements)
         elif isinstance(m, (nn.AvgPool2d, nn.MaxPool2d)):
             self.pool(node, x, name, m)
         elif isinstance(m, nn.AdaptiveAvgPool2d):
@@ -173,12 +175,17 @@ class _Translator:
         else:
             raise _unsupported(f"the module {type(m).__module__}.{type(m).__name__}", name)
 
-    def relu(self, node: fx.Node, x: str, site: str, mask: np.ndarray | None) -> None:
+    def relu(self, node: fx.Node, x: str, site: str, mask: np.ndarray | None,
+             polynomial: torch.Tensor | None = None) -> None:
+        """A ``relu`` op: the elements of ``mask`` (None: all) keep their ReLU; the others pass through, or, with
+        ``polynomial`` (coefficients (3,) or (3, C), rows c2, c1, c0), take that polynomial."""
         out = self.values[node.name][0]
         elements = int(out.numel())
         kept = elements if mask is None else int(mask.sum())
         key = None if mask is None or kept == elements else self.array(f"{site}.relu_mask", mask.astype(np.uint8))
-        self.emit(node, "relu", [x], site=self.site_name(site), elements=elements, kept=kept, mask=key)
+        poly = None if polynomial is None or kept == elements else self.array(f"{site}.coefficients", polynomial)
+        self.emit(node, "relu", [x], site=self.site_name(site), elements=elements, kept=kept, mask=key,
+                  polynomial=poly, polys=0 if poly is None else elements - kept)
 
     def gate(self, node: fx.Node, x: str, name: str, gate: Gate) -> None:
         if gate.mask is None:
@@ -191,7 +198,8 @@ class _Translator:
                 "so its ReLUs are a blend no private-inference engine evaluates. Export a run that has reached "
                 "fine-tuning (metrics.jsonl gate_phase 'finetune'), whose gates are 0 or 1.")
         shape = tuple(self.values[node.name].shape[1:])
-        self.relu(node, x, name, np.broadcast_to(m.numpy().astype(bool), shape).copy())
+        polynomial = gate.other.coefficients.detach().cpu() if gate.evaluates_polynomial else None
+        self.relu(node, x, name, np.broadcast_to(m.numpy().astype(bool), shape).copy(), polynomial)
 
     def pool(self, node: fx.Node, x: str, name: str, m: nn.Module) -> None:
         kind = "max_pool2d" if isinstance(m, nn.MaxPool2d) else "avg_pool2d"
@@ -333,7 +341,8 @@ def translate(model: nn.Module, image: torch.Tensor) -> tuple[dict, dict[str, np
     graph = {"format": reference.FORMAT, "version": reference.VERSION,
              "input": {"name": placeholder.name, "shape": list(image.shape)},
              "output": t.alias.get(output.name, output.name), "relus": sum(s["kept"] for s in sites),
-             "relu_elements": sum(s["elements"] for s in sites), "sites": sites, "ops": t.ops}
+             "relu_elements": sum(s["elements"] for s in sites), "sites": sites,
+             "polys": sum(op.get("polys", 0) for op in t.ops), "ops": t.ops}
     return graph, {k: v.astype(np.uint8 if v.dtype == np.uint8 else np.float32) for k, v in t.arrays.items()}, \
         logits[0]
 

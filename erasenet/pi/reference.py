@@ -66,6 +66,12 @@ def channel(v, ndim: int):
     return v.reshape((1, -1) + (1,) * (ndim - 2)) if v.size > 1 else v.reshape(())
 
 
+def polynomial(x, c):
+    """``c2 * x**2 + c1 * x + c0``, coefficients ``c`` of shape (3,) or (3, C) (one set per channel, axis 1)."""
+    c2, c1, c0 = (channel(c[k], x.ndim) for k in range(3))
+    return c2 * (x * x) + c1 * x + c0
+
+
 def run_op(op: dict, args: list, arrays: dict, xp=np):
     """One op of the graph on a batch (axis 0) of inputs. ``xp`` is numpy, or jax.numpy for the private engine,
     which brings its own convolution and masked ReLU."""
@@ -78,14 +84,14 @@ def run_op(op: dict, args: list, arrays: dict, xp=np):
     if kind == "affine":
         return x * channel(a("scale"), x.ndim) + channel(a("shift"), x.ndim)
     if kind == "relu":
-        return xp.where(kept_mask(op, arrays)[None] & (x < 0), 0.0, x)
+        kept = kept_mask(op, arrays)[None]
+        linear = x if op.get("polynomial") is None else polynomial(x, a("polynomial"))
+        return xp.where(kept, xp.maximum(x, 0), linear)
     if kind == "prelu":
         r = xp.maximum(x, 0)
         return r + channel(a("slope"), x.ndim) * (x - r)
     if kind == "polynomial":
-        c = a("coefficients")
-        c2, c1, c0 = (channel(c[k], x.ndim) for k in range(3))
-        return c2 * (x * x) + c1 * x + c0
+        return polynomial(x, a("coefficients"))
     if kind == "add":
         return args[0] + args[1]
     if kind == "scale":

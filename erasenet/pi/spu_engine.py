@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import reference  # noqa: E402  (this file runs as a script, beside reference.py)
 
 FRACTION_BITS = 18  # SPU's default for the 64-bit ring
-ARRAY_FIELDS = ("weight", "bias", "scale", "shift", "slope", "coefficients")
+ARRAY_FIELDS = ("weight", "bias", "scale", "shift", "slope", "coefficients", "polynomial")
 _ROW = re.compile(r"- (\S+), executed (\d+) times, duration ([0-9.e+-]+)s, send bytes (\d+) recv bytes (\d+), "
                   r"send actions (\d+), recv actions (\d+)")
 _LINK = re.compile(r"Link details: total send bytes (\d+), recv bytes (\d+), send actions (\d+), recv actions (\d+)")
@@ -44,16 +44,25 @@ def build_function(graph: dict, arrays: dict[str, np.ndarray]):
 
     keys = secret_arrays(graph)
 
-    def masked_relu(op, x):
+    def masked_relu(op, x, params):
+        """Compare only the kept elements; the others pass through, or take the op's polynomial (evaluated on
+        those elements only, so that its multiplications are what the network needs)."""
         if op["kept"] == op["elements"]:
             return jnp.maximum(x, 0)
+        polynomial = op.get("polynomial")
         if op["kept"] == 0:
-            return x
+            return x if polynomial is None else reference.polynomial(x, params[polynomial])
         keep = np.flatnonzero(reference.kept_mask(op, arrays).reshape(-1))
         linear = np.flatnonzero(~reference.kept_mask(op, arrays).reshape(-1))
         inverse = np.argsort(np.concatenate([keep, linear]))
         flat = x.reshape(x.shape[0], -1)
-        out = jnp.concatenate([jnp.maximum(flat[:, keep], 0), flat[:, linear]], axis=1)[:, inverse]
+        rest = flat[:, linear]
+        if polynomial is not None:  # each element's coefficients: its channel's (axis 1), or the site's
+            c = params[polynomial]
+            per_element = [jnp.broadcast_to(reference.channel(c[k], x.ndim), (1, *x.shape[1:])).reshape(-1)[linear]
+                           for k in range(3)]
+            rest = per_element[0] * (rest * rest) + per_element[1] * rest + per_element[2]
+        out = jnp.concatenate([jnp.maximum(flat[:, keep], 0), rest], axis=1)[:, inverse]
         return out.reshape(x.shape)
 
     def run(op, args, params):
@@ -64,7 +73,7 @@ def build_function(graph: dict, arrays: dict[str, np.ndarray]):
                                          dimension_numbers=("NCHW", "OIHW", "NCHW"))
             return y + params[op["bias"]].reshape(1, -1, 1, 1)
         if op["op"] == "relu":
-            return masked_relu(op, args[0])
+            return masked_relu(op, args[0], params)
         return reference.run_op(op, args, params, jnp)
 
     def f(*flat):

@@ -178,7 +178,7 @@ COLUMNS: list[Column[Comparison]] = [
     Column("budget", attrgetter("budget"), "ReLU budget", lambda c: _count(c.budget)),
     *(column for side in ("a", "b") for column in (
         _side(side, "config", side.upper()), _side(side, "method", f"method {side.upper()}"),
-        _side(side, "relus", f"ReLUs {side.upper()}", lambda r: _count(r.relus)))),
+        _side(side, "relus", f"ReLUs {side.upper()}", lambda r: _count(r.relus)), _side(side, "polys"))),
     *(column for side in ("a", "b") for column in (
         _side(side, "test_error", f"test error {side.upper()} (%)",
               lambda r: format_mean_std(r.test_error, r.test_error_std)),

@@ -43,6 +43,7 @@ class Row:
     params: float | None
     macs: float | None
     relus: float | None  # mean over seeds
+    polys: float | None  # polynomial evaluations per image (AutoReP's replacement), mean over seeds
     seconds: float  # mean wall time per run
     proportion: float | None  # erase.proportion; None for a budgeted method
     method: str  # erase.method

@@ -174,6 +174,7 @@ def summarize(results: Iterable[dict]) -> list[Row]:
             paper_top5=paper["test_top5_error"] if paper_applies(paper, "test_top5_error", proportion) else None,
             paper_train=paper["train_error"] if paper_applies(paper, "train_error", proportion) else None,
             params=first.get("params"), macs=first.get("macs"), relus=_mean(finite(r.get("relus") for r in ok)),
+            polys=_mean(finite(r.get("polys") for r in ok)),
             seconds=mean_std(r.get("seconds") for r in ok)[0], proportion=proportion, method=method_of(first),
             budget=_mean(finite(budget_of(r) for r in ok)), family=reference_family(first), base=base_of(first),
             unerased=[o for o in split_overrides(group) if override_key(o) != "erase.proportion"],
@@ -274,6 +275,10 @@ def _with_relus(rows: Sequence[Row]) -> bool:
     return any(r.relus for r in rows)
 
 
+def _with_polys(rows: Sequence[Row]) -> bool:
+    return any(r.polys for r in rows)
+
+
 def _welch_value(field: str) -> Callable[[Row], Any]:
     return lambda r: getattr(r.welch, field) if r.welch else None
 
@@ -318,6 +323,7 @@ COLUMNS: list[Column[Row]] = [
            _with_paper_train),
     Column("train_diff", attrgetter("train_diff"), "diff train", lambda r: _signed(r.train_diff), _with_paper_train),
     Column("relus", attrgetter("relus"), "ReLUs", lambda r: _exact(r.relus), _with_relus),
+    Column("polys", attrgetter("polys"), "polynomials", lambda r: _exact(r.polys), _with_polys),
     *cost_columns(attrgetter("cost"), count=attrgetter("n")),
     Column("params", attrgetter("params"), "params", lambda r: _count(r.params)),
     Column("macs", attrgetter("macs"), "MACs", lambda r: _count(r.macs)),

@@ -16,6 +16,7 @@ from . import distributed
 from .accel import Accel
 from ..common.errors import UserError
 from ..erase.gates import mask_names
+from ..erase.polynomial import coefficient_names
 from .state import EpochState, Learner
 
 
@@ -40,10 +41,11 @@ def build_optimizer(model: nn.Module, schedule: DictConfig) -> torch.optim.SGD:
 
 def parameter_groups(model: nn.Module, schedule: DictConfig) -> list[dict]:
     """The optimizer's parameter groups: every parameter, and a second group without weight decay for the SNL
-    gates (their L1 penalty is their regulariser) and, with ``schedule.prelu_weight_decay=false``, PReLU slopes."""
+    gates (their L1 penalty is their regulariser), the polynomials' coefficients and, with
+    ``schedule.prelu_weight_decay=false``, PReLU slopes."""
     named = list(model.named_parameters())
     slopes = set() if schedule.get("prelu_weight_decay", True) else prelu_slope_names(model)
-    slopes |= mask_names(model)
+    slopes |= mask_names(model) | coefficient_names(model)
     groups = [{"params": [p for n, p in named if n not in slopes]}]
     if any(n in slopes for n, _ in named):
         groups.append({"params": [p for n, p in named if n in slopes], "weight_decay": 0.0})

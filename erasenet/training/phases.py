@@ -6,9 +6,9 @@ over a fixed number of fine-tuning epochs, after which the run ends. ``schedule.
 ``schedule.finetune_phase`` (erasenet.common.config.PhaseConfig) configure the two; the run then lasts as long as
 gate learning takes (``erase.gate_epochs`` at most) plus the fine-tuning's epochs.
 
-With neither phase's optimizer set, one optimizer (SGD, ``schedule.*``) and one schedule over ``schedule.epochs`` drive both phases, as
-erasenet first read SNL: :func:`build_learning` then builds exactly what every other run gets, and nothing here changes
-a run.
+With neither phase's optimizer set, one optimizer (SGD, ``schedule.*``) and one schedule over ``schedule.epochs``
+drive both phases, as erasenet first read SNL: :func:`build_learning` then builds exactly what every other run gets,
+and nothing here changes a run.
 
 A phase's schedule is a ``LambdaLR`` over the phase's own steps, counted from its first; a checkpoint holds the
 optimizer and scheduler of the phase it was written in, and :func:`enter_phase` rebuilds that phase's pair on resume

@@ -22,6 +22,7 @@ from ..common.atomic import atomic_write, save_json
 from .checkpoint import CHECKPOINT_DIR, list_checkpoints, save_run_checkpoint
 from ..data import describe_splits
 from ..erase import EraseRecord
+from ..erase.polynomial import polys_per_site
 from ..erase.rectifiers import relus_per_site
 from ..common.errors import UserError
 from ..common.provenance import cpu_model, provenance
@@ -155,6 +156,7 @@ def make_result(run: Run, status: str, failure: str | None, seconds: float) -> d
         "macs": counts.macs, "relus": run.gates.relus() if run.gates is not None else counts.relus,
         "relus_original": counts.relus_original,
         "relus_per_site": _relus_per_site(run),
+        **_polys(run),
         "erased": run.erased.sites, "erase": run.erased.as_dict(), "device": str(run.device),
         "cpu": cpu_model(), "num_threads": torch.get_num_threads(), "processes": run.dist.world_size,
         "seconds": seconds, "versions": library_versions(),
@@ -175,6 +177,17 @@ def _relus_per_site(run: Run) -> list[dict] | None:
         return relus_per_site(run.model, (d.in_chans, d.image_size, d.image_size))
     except (RuntimeError, NotImplementedError):
         return None
+
+
+def _polys(run: Run) -> dict:
+    """The polynomial evaluations per image of the delivered network (AutoReP's replacement: each costs a secure
+    multiplication), in total and per site; none where no site holds a polynomial."""
+    d = run.cfg.dataset
+    try:
+        sites = polys_per_site(run.model, (d.in_chans, d.image_size, d.image_size))
+    except (RuntimeError, NotImplementedError, ValueError):
+        return {"polys": None}
+    return {"polys": sum(site["polys"] for site in sites), "polys_per_site": sites} if sites else {"polys": 0}
 
 
 @contextlib.contextmanager
