@@ -33,11 +33,13 @@ def resnet8() -> nn.Module:
     return create_model("resnet", depth=8, num_classes=10, in_chans=1)
 
 
-def set_coefficients(model: nn.Module, c: tuple[float, float, float]) -> None:
+def set_coefficients(p: Polynomial, c) -> None:
+    """Set ``p``'s (c2, c1, c0) (rows; a column per channel where it has them): its parameter holds c2 scaled."""
+    c = torch.as_tensor(c, dtype=torch.float32)
+    c = c.reshape(3, *([1] * (p.coefficients.dim() - 1))) if c.dim() == 1 else c
     with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, Polynomial):
-                m.coefficients.copy_(torch.tensor(c).reshape(3, *([1] * (m.coefficients.dim() - 1))))
+        p.coefficients.copy_(c / p.scale.reshape(3, *([1] * (c.dim() - 1))))
+    assert torch.allclose(p.effective_coefficients().expand_as(p.coefficients), c.expand_as(p.coefficients))
 
 
 @pytest.mark.parametrize("replace", ["poly", "poly_channel"])
@@ -45,7 +47,9 @@ def test_a_polynomial_at_0_1_0_is_the_identity(replace):
     erased, poly = resnet8(), resnet8()
     apply_erase(erased, ErasePolicy(EraseReLU("last", 1.0), "identity"), input_shape=SHAPE)
     apply_erase(poly, ErasePolicy(EraseReLU("last", 1.0), replace), input_shape=SHAPE)
-    set_coefficients(poly, (0.0, 1.0, 0.0))
+    for m in poly.modules():
+        if isinstance(m, Polynomial):
+            set_coefficients(m, (0.0, 1.0, 0.0))
     x = torch.randn(4, *SHAPE)
     assert torch.equal(erased.eval()(x), poly.eval()(x))
 
@@ -53,9 +57,9 @@ def test_a_polynomial_at_0_1_0_is_the_identity(replace):
 def test_the_polynomial_computes_its_quadratic_per_channel():
     p = Polynomial(per_channel=True)
     p.shape_from((2, 3, 3))
-    assert p.coefficients.shape == (3, 2) and torch.equal(p.coefficients[:, 0], torch.tensor(INIT))
-    with torch.no_grad():
-        p.coefficients.copy_(torch.tensor([[1.0, 0.0], [0.0, 2.0], [0.5, -1.0]]))
+    assert p.coefficients.shape == (3, 2)
+    assert torch.allclose(p.effective_coefficients()[:, 0], torch.tensor(INIT))
+    set_coefficients(p, [[1.0, 0.0], [0.0, 2.0], [0.5, -1.0]])
     x = torch.randn(5, 2, 3, 3)
     assert torch.allclose(p(x)[:, 0], x[:, 0] ** 2 + 0.5) and torch.allclose(p(x)[:, 1], 2 * x[:, 1] - 1)
 
@@ -135,6 +139,7 @@ def test_the_export_carries_the_polynomials_and_their_count(tmp_path):
         for _, gate in gates_of(model):
             gate.mask.copy_((torch.rand(gate.mask.shape, generator=g) < 0.5).float())
             gate.other.coefficients.add_(torch.randn(gate.other.coefficients.shape, generator=g) * 0.1)
+            gate.other.coefficients[0] *= 10  # a square term large enough to matter (c2 about 0.05)
     export_model(model.eval(), torch.randn(SHAPE), tmp_path, onnx=False)
     graph = json.loads((tmp_path / "network.json").read_text())
     assert graph["polys"] == count_polys(model, SHAPE) > 0 and graph["relus"] == count_relus(model, SHAPE)
@@ -148,8 +153,8 @@ def poly_mlp(kept: int, polynomial: bool, width: int = 256) -> nn.Module:
     gate.shape_from((width,))
     with torch.no_grad():
         gate.mask.zero_()[torch.randperm(width)[:kept]] = 1.0
-        if polynomial:
-            gate.other.coefficients.copy_(torch.tensor([0.1, 0.9, 0.05]))
+    if polynomial:
+        set_coefficients(gate.other, (0.1, 0.9, 0.05))
     return nn.Sequential(nn.Flatten(), nn.Linear(64, width), gate, nn.Linear(width, 10)).eval()
 
 

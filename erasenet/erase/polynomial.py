@@ -24,6 +24,11 @@ from .graph_sites import site_of_module
 from .rectifiers import input_shapes_seen
 
 INIT = (0.005, 1.0, 0.0)  # (c2, c1, c0)
+# The square's coefficient is learned as c2 / SQUARE_SCALE. Its gradient (x^2 times the loss's) dwarfs the others' at
+# a residual stream's scale: learned directly at the network's learning rate, c2 diverged within the first epoch
+# (ResNet-20 on the digits, lr 0.1, every block's last ReLU a polynomial); scaled, its step is 1e4 times smaller.
+# AutoReP's released x^2-activation carries a weight scale on its square term for the same reason.
+SQUARE_SCALE = 0.01
 
 
 class Polynomial(nn.Module):
@@ -33,8 +38,9 @@ class Polynomial(nn.Module):
     def __init__(self, per_channel: bool = False, init: Sequence[float] = INIT):
         super().__init__()
         self.per_channel = per_channel
-        self.coefficients = nn.Parameter(torch.tensor([float(c) for c in init]))
+        self.coefficients = nn.Parameter(torch.tensor([float(c) for c in init]) / torch.tensor([SQUARE_SCALE, 1, 1]))
         self.elements = 0  # of one sample, as the polynomial sees it; 0: not yet shaped
+        self.register_buffer("scale", torch.tensor([SQUARE_SCALE, 1.0, 1.0]), persistent=False)
 
     def shape_from(self, sample_shape: Sequence[int]) -> None:
         """Size it for inputs of ``sample_shape`` (one sample: C[, H, W]): one set of coefficients per channel
@@ -46,8 +52,13 @@ class Polynomial(nn.Module):
             init = self.coefficients.detach().reshape(3, -1)[:, :1]
             self.coefficients = nn.Parameter(init.expand(3, channels).clone().to(self.coefficients.device))
 
+    def effective_coefficients(self) -> torch.Tensor:
+        """(c2, c1, c0), of shape (3,) or (3, C): the learned ``coefficients`` with the square's scale applied."""
+        c = self.coefficients
+        return c * self.scale.reshape(3, *([1] * (c.dim() - 1))).to(c.device)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        c = self.coefficients.to(x.dtype)
+        c = self.effective_coefficients().to(x.dtype)
         if c.dim() == 2:  # per channel, on dim 1 of a batch
             c = c.reshape(3, 1, -1, *([1] * (x.dim() - 2)))
         return c[0] * x * x + c[1] * x + c[2]
@@ -57,7 +68,7 @@ class Polynomial(nn.Module):
     @property
     def polynomial_coefficients(self) -> torch.Tensor:
         """What the private-inference export reads (``erasenet.pi.export``): rows c2, c1, c0."""
-        return self.coefficients
+        return self.effective_coefficients()
 
     def counted_polys(self, elements: int) -> int:
         return elements

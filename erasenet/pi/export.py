@@ -198,7 +198,7 @@ class _Translator:
                 "so its ReLUs are a blend no private-inference engine evaluates. Export a run that has reached "
                 "fine-tuning (metrics.jsonl gate_phase 'finetune'), whose gates are 0 or 1.")
         shape = tuple(self.values[node.name].shape[1:])
-        polynomial = gate.other.coefficients.detach().cpu() if gate.evaluates_polynomial else None
+        polynomial = gate.other.polynomial_coefficients.detach().cpu() if gate.evaluates_polynomial else None
         self.relu(node, x, name, np.broadcast_to(m.numpy().astype(bool), shape).copy(), polynomial)
 
     def pool(self, node: fx.Node, x: str, name: str, m: nn.Module) -> None:

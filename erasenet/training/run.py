@@ -65,8 +65,9 @@ def train_run(cfg: DictConfig, out_dir: Path, overrides: Sequence[str] = (), gro
                 files.write_result(result, cfg, job.overrides)
     finally:
         distributed.cleanup()
-    log.info("done: test error %s%%, best val error %s%% (epoch %s) -> %s", _fmt(result["test_error"]),
-             _fmt(result["best_val_error"]), result["best_epoch"], job.out_dir)
+    best = ("no epoch selected on validation" if result["best_epoch"] is None else
+            f"best val error {_fmt(result['best_val_error'])}% (epoch {result['best_epoch']})")
+    log.info("done: test error %s%%, %s -> %s", _fmt(result["test_error"]), best, job.out_dir)
     return result
 
 
@@ -87,7 +88,9 @@ def fit(run: Run, files: RunFiles) -> tuple[str, str | None]:
                                         after_step=checkpoints.after_step, progress=progress,
                                         penalty=gates.penalty_term if gates is not None and gates.learning else None)
             except NonFiniteLoss as err:
-                log.error("%s; stopping (the last good checkpoint is kept).", err)
+                log.error("%s; stopping (the last good checkpoint is kept). Lower schedule.lr and run again%s.", err,
+                          "; a network of polynomials (erase.replace=poly*) needs a smaller one than a network of "
+                          "ReLUs" if run.cfg.erase.replace.startswith("poly") else "")
                 return "failed", str(err)
             if train is None:
                 raise interrupted(stop, run)
