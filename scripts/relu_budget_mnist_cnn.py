@@ -71,8 +71,9 @@ def choose(method: str) -> tuple[str, dict[str, float]]:
     for result in Path("multirun", f"{TUNING}_{method}").glob("*/result.json"):
         r = json.loads(result.read_text())
         value = next((o.split("=", 1)[1] for o in r["overrides"] if o.startswith(knob + "=")), None)
-        if r["status"] == "ok" and r["best_val_error"] is not None and value in values:
-            errors[value] = r["best_val_error"]
+        trial = next((v for v in values if value is not None and float(v) == float(value)), None)  # 1e-4: 0.0001
+        if r["status"] == "ok" and r["best_val_error"] is not None and trial is not None:
+            errors[trial] = r["best_val_error"]
     if not errors:
         raise SystemExit(f"no finished tuning run of {method} in multirun/{TUNING}_{method}")
     return min(values, key=lambda v: (errors.get(v, float("inf")), values.index(v))), errors
@@ -110,6 +111,14 @@ def main() -> None:
         return None
 
     def run(stage: Stage) -> None:
+        try:
+            attempt(stage)
+        except BaseException as err:  # a thread's exception would otherwise leave the stage running for ever
+            with lock:
+                stage.state = "failed"
+            print(f"{stage.name}: failed ({err})", flush=True)
+
+    def attempt(stage: Stage) -> None:
         t = time.perf_counter()
         if stage.overrides is None:
             method = stage.name.removeprefix("final_")
