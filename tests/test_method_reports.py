@@ -14,9 +14,10 @@ import statistics
 from pathlib import Path
 
 import pytest
+import yaml
 from hydra import compose, initialize_config_module
 
-from erasenet.reports.methods import budget_levels, budget_of
+from erasenet.reports.methods import budget_levels, budget_of, point_label, series_key, series_labels
 from erasenet.reports.plots import plot_methods
 from erasenet.reports.summary import find_results, summarize, write_summary
 from erasenet.training.run import train_run
@@ -47,6 +48,8 @@ def as_method(real: dict, root: Path, method: str, budget: float | None, relus: 
     r["group"] = ",".join(sorted(overrides))
     r["overrides"] = overrides + [f"seed={r['seed']}"]
     r["config"]["erase"].update(method=method, budget=budget, proportion=0.0)
+    r["config"]["erase"].update({o.split("=")[0].removeprefix("erase."): yaml.safe_load(o.split("=", 1)[1])
+                                 for o in extra if o.startswith("erase.")})  # as the run's config would hold them
     r["erase"] = {**r["erase"], "method": method, "proportion": 0.0, "sites": [], "blocks": []}
     r["relus"], r["test_error"], r["best_val_error"] = relus, test, val
     run_dir = root / f"{r['group']},seed={r['seed']}"
@@ -154,7 +157,7 @@ def test_pareto_plot_has_one_series_per_method_on_a_log_relu_axis(method_sweep):
     by_label = {c.get_label().split(" (n=")[0]: c.lines[0].get_data() for c in ax.containers}
     xs, ys = by_label["gates"]
     assert len(xs) == 2 and ys[-1] == pytest.approx(statistics.fmean(GATES_TEST))
-    assert {t.get_text() for t in ax.texts} >= {"p=0", "p=0.5", "budget=0.25", "erase.cull_stages=[2]"}
+    assert {t.get_text() for t in ax.texts} >= {"p=0", "p=0.5", "budget=0.25", "cull [2]"}
     # gates at p=0.5's count, p=0.5 itself and the cull within 1% of it: set side by side around that count, in
     # the order of the series, none on top of another
     half = next(r["relus"] for r in find_results(method_sweep) if r["group"] == "erase.proportion=0.5")
@@ -294,3 +297,18 @@ def test_published_points_show_hollow_beside_the_runs_and_in_the_choice(method_s
     assert "| published test error (%) | diff from published |" in next(x for x in lines if x.startswith("| ReLU"))
     chosen = next(x for x in lines if x.startswith(f"| {half:,} |"))
     assert f"| 27.00 ± 1.50 ({gates_paper['source']}) | {statistics.fmean(GATES_TEST) - 27.0:+.2f} |" in chosen
+
+
+def test_a_polynomial_under_gates_is_a_series_of_its_own_and_a_cull_names_its_stages(method_sweep):
+    """AutoReP's polynomial under gates against SNL's identity: two series, however the replacement was set (on
+    the command line or in an erase option's file); a culled point is named from its config."""
+    results = find_results(method_sweep)
+    gates = next(r for r in results if r["config"]["erase"]["method"] == "gates")
+    poly = copy.deepcopy(gates)
+    poly["config"]["erase"]["replace"] = "poly_channel"  # set by the option's file: the overrides do not say
+    labels = series_labels(sorted({series_key(gates), series_key(poly)}))
+    assert sorted(labels.values()) == ["gates", "gates replace=poly_channel"]
+    cull = copy.deepcopy(next(r for r in results if r["config"]["erase"]["method"] == "cull"))
+    assert point_label(cull) == "cull [2]"
+    cull["config"]["erase"].update(cull_stages=[], thin=True)
+    assert point_label(cull) == "thin"

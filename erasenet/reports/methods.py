@@ -3,7 +3,7 @@
 A sweep that holds runs of a method other than EraseReLU's proportion rule (``erase.method`` ``gates`` or
 ``cull``) gets, besides the usual summary:
 
-- a *series* per method (``erase`` split by ``erase.location`` where the sweep has several, and by
+- a *series* per method (``erase`` split by ``erase.location`` where the sweep has several; every method by
   ``erase.replace`` where it is not ``identity``), and within a series one point per configuration;
 - *budget levels*: configurations of one network and data set whose ReLU budget agrees within
   ``EQUAL_BUDGET`` (the budget is ``erase.budget``, as a count, where a run sets one, else the ReLUs it counts);
@@ -79,9 +79,9 @@ def series_key(result: dict) -> tuple[str, str, str, str]:
     culled stages); another setting of the method (a gate schedule, say) is another series."""
     method = method_of(result)
     erase = ((result.get("config") or {}).get("erase") or {})
-    location, replace = ("", "")
-    if method == "erase":
-        location, replace = str(erase.get("location", "")), str(erase.get("replace", ""))
+    # a polynomial under gates (AutoReP) is another series than the identity under gates (SNL), wherever it was set
+    location = str(erase.get("location", "")) if method == "erase" else ""
+    replace = str(erase.get("replace", ""))
     rest = ",".join(o for o in split_overrides(group_of(result)) if not _names_the_point(o, method))
     return method, location, replace, rest
 
@@ -107,9 +107,12 @@ def point_label(result: dict) -> str:
     if method_of(result) == "erase":
         p = proportion_of(result)
         return "" if p is None else f"p={p:g}"
-    budget = ((result.get("config") or {}).get("erase") or {}).get("budget")
-    if budget is not None:
-        return f"budget={budget:g}"
+    erase = (result.get("config") or {}).get("erase") or {}
+    if erase.get("budget") is not None:
+        return f"budget={erase['budget']:g}"
+    if method_of(result) == "cull" and "cull_stages" in erase:  # from the config: an erase option may set them
+        stages = list(erase["cull_stages"] or [])
+        return "+".join(([f"cull {stages}"] if stages else []) + (["thin"] if erase.get("thin") else [])) or "none"
     items = [o for o in split_overrides(group_of(result)) if override_key(o).startswith("erase.")
              and override_key(o) != "erase.method"]
     return ",".join(items)
