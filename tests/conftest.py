@@ -33,6 +33,15 @@ if THREADS == 1:
 torch.set_num_threads(THREADS)
 register_configs()
 REPO = Path(__file__).resolve().parents[1]
+# The longest files first: a worker takes a whole file at a time (--dist loadfile), so a long file collected late
+# would run on alone at the end while the other worker waits.
+LONGEST_FILES = ("test_budget_presets.py", "test_presets.py", "test_resume.py", "test_zoo.py", "test_models.py",
+                 "test_distributed.py", "test_pi.py", "test_mnist_cnn_presets.py")
+
+
+def pytest_collection_modifyitems(items: list) -> None:
+    rank = {name: i for i, name in enumerate(LONGEST_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(LONGEST_FILES)))  # stable: a file keeps its order
 
 
 @pytest.fixture
