@@ -27,6 +27,8 @@ def assert_one_paragraph_error(proc: CliRun, *expected: str) -> None:
     (["model=nosuchnet"], ["config group 'model' has no option 'nosuchnet'", "resnet20, resnet200"]),
     (["model=resnet21"], ["Did you mean resnet32, resnet20 or resnet?"]),
     (["hydra/launcher=nope"], ["'hydra/launcher' has no option 'nope'", "parallel"]),
+    (["erase=mnist_cnn/Gates"], ["group 'erase' has no option 'mnist_cnn/Gates'", "Did you mean mnist_cnn/gates",
+                                 "matched/original"]),  # an option in a folder: every nested option named
     (["erase.proportoin=0.5"], ["erase.proportoin is not a key", "Did you mean erase.proportion?"]),
     (["modle=resnet20"], ["Did you mean model?"]),
     (["seed=abc"], ["seed=abc has the wrong type", "takes an integer"]),

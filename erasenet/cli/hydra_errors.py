@@ -10,6 +10,7 @@ import difflib
 import os
 import sys
 import textwrap
+from pathlib import Path
 from typing import Any, Callable, Iterable, Optional
 
 from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
@@ -20,6 +21,8 @@ from omegaconf.nodes import BooleanNode, FloatNode, IntegerNode, StringNode
 from ..common.config import REMOVED_KEYS
 from ..common.errors import UserError
 from ..presets import unknown_preset_message
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
 
 WIDTH = 100
 # Hydra launcher plugins that erasenet's launcher configs build on: {plugin config: erasenet's launcher}
@@ -61,6 +64,12 @@ def _unknown_option(err: MissingConfigException) -> str:
                 "hydra-joblib-launcher hydra-submitit-launcher).")
     if missing.startswith("experiment/"):  # presets nest (dong2017/...): name them all, not one folder's options
         return unknown_preset_message(missing[len("experiment/"):])
+    top, _, folder = group.partition("/")
+    # erase=mnist_cnn/gates misspelled: Hydra lists the top group's own options (a nested group, hydra/launcher,
+    # lists its own), so name the option as typed among every option of the group, its folders' included
+    if folder and (CONF / top).is_dir() and set(options) == {p.stem for p in (CONF / top).glob("*.yaml")}:
+        group, option = top, f"{folder}/{option}"
+        options = sorted(str(p.relative_to(CONF / top).with_suffix("")) for p in (CONF / top).rglob("*.yaml"))
     if not group or not options:  # not a group option: e.g. a --config-name that does not exist
         return f"the config {missing!r} does not exist. Check its name against erasenet/conf/."
     listing = ", ".join(options)
