@@ -27,7 +27,6 @@ INIT = (0.005, 1.0, 0.0)  # (c2, c1, c0)
 # The square's coefficient is learned as c2 / SQUARE_SCALE. Its gradient (x^2 times the loss's) dwarfs the others' at
 # a residual stream's scale: learned directly at the network's learning rate, c2 diverged within the first epoch
 # (ResNet-20 on the digits, lr 0.1, every block's last ReLU a polynomial); scaled, its step is 1e4 times smaller.
-# AutoReP's released x^2-activation carries a weight scale on its square term for the same reason.
 SQUARE_SCALE = 0.01
 
 
@@ -38,9 +37,9 @@ class Polynomial(nn.Module):
     def __init__(self, per_channel: bool = False, init: Sequence[float] = INIT):
         super().__init__()
         self.per_channel = per_channel
-        self.coefficients = nn.Parameter(torch.tensor([float(c) for c in init]) / torch.tensor([SQUARE_SCALE, 1, 1]))
-        self.elements = 0  # of one sample, as the polynomial sees it; 0: not yet shaped
         self.register_buffer("scale", torch.tensor([SQUARE_SCALE, 1.0, 1.0]), persistent=False)
+        self.coefficients = nn.Parameter(torch.tensor([float(c) for c in init]) / self.scale)
+        self.elements = 0  # of one sample, as the polynomial sees it; 0: not yet shaped
 
     def shape_from(self, sample_shape: Sequence[int]) -> None:
         """Size it for inputs of ``sample_shape`` (one sample: C[, H, W]): one set of coefficients per channel
